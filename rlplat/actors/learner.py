@@ -1,0 +1,36 @@
+"""LearnerActor: owns one PolicyLearner and forwards calls."""
+
+from __future__ import annotations
+
+import ray
+
+from rlplat.config import AlgorithmConfig, LearnerConfig
+from rlplat.learners.policy import PolicyLearner
+from rlplat.types import TrainBatch
+
+
+@ray.remote(num_cpus=1)
+class LearnerActor:
+    def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int) -> None:
+        self.learner = PolicyLearner(model_path, cfg, algo, dtype=dtype, seed=seed)
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        return self.learner.train_step(batch)
+
+    def weights_bytes(self) -> bytes:
+        return self.learner.weights_bytes()
+
+    def checksum(self) -> str:
+        return self.learner.checksum()
+
+    def engine_layout_checksum(self, names: list[str]) -> str:
+        from rlplat.rollout.weight_sync import to_engine_layout, weights_checksum
+
+        sd = to_engine_layout(self.learner.engine_state_dict())
+        return weights_checksum({n: sd[n] for n in names if n in sd})
+
+    def sequence_logps(self, token_ids: list[int]) -> list[float]:
+        return self.learner.sequence_logps(token_ids)
+
+    def save(self, out_dir: str) -> None:
+        self.learner.save(out_dir)

@@ -1,0 +1,112 @@
+"""`rlplat train|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    if argv[:1] == ["bench"]:  # benchmarks parse their own flags
+        return _bench(argv[1:], parser)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlplat", description="RL post-training for language models.")
+    sub = p.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="run an experiment spec (YAML)")
+    t.add_argument("spec", help="path to the YAML experiment spec")
+    t.add_argument("overrides", nargs="*", help="spec overrides as key.path=value, e.g. experiment.num_steps=5")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=_train)
+
+    m = sub.add_parser("model", help="model utilities")
+    msub = m.add_subparsers(dest="model_command")
+    tiny = msub.add_parser("tiny", help="write a tiny random Qwen2 model + char tokenizer to OUT_DIR")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--num-layers", type=int, default=2)
+    tiny.add_argument("--num-heads", type=int, default=2)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_model_tiny)
+
+    sub.add_parser("bench", help="run a benchmark: rlplat bench NAME [--help]")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlplat.config import ConfigError, dump_yaml, load_config
+
+    try:
+        cfg = load_config(args.spec, args.overrides)
+        if args.dry_run:
+            print(dump_yaml(cfg), end="")
+            return 0
+        from rlplat import controller
+
+        controller.preflight(cfg)
+    except ConfigError as e:
+        print(f"rlplat: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _quiet_logs()
+    result = controller.train(cfg, progress=not args.no_progress)
+    rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
+    if rewards:
+        k = min(10, len(rewards))
+        print(f"reward mean: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps {sum(rewards[-k:]) / k:.3f}")
+    for key in ("eval/exact_match",):
+        if key in result.history:
+            print(f"{key}: {result.history[key][0][1]:.3f} -> {result.history[key][-1][1]:.3f}")
+    print(f"MLflow run {result.run_id} in {result.tracking_uri}")
+    print(f"view it: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def _model_tiny(args: argparse.Namespace) -> int:
+    from rlplat.models import TinyModelShape, write_tiny_model
+
+    shape = TinyModelShape(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
+                           num_kv_heads=args.num_heads)
+    try:
+        out = write_tiny_model(args.out_dir, shape=shape, seed=args.seed)
+    except ValueError as e:
+        print(f"rlplat: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote tiny model to {out}")
+    return 0
+
+
+def _bench(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    if not argv or argv[0].startswith("-"):
+        import pkgutil
+
+        import rlplat.bench as pkg
+
+        names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "common"]
+        print(f"usage: rlplat bench NAME [args]; NAME is one of: {', '.join(sorted(names))}")
+        return EXIT_BAD_INPUT if not argv else 0
+    try:
+        module = importlib.import_module(f"rlplat.bench.{argv[0]}")
+    except ModuleNotFoundError:
+        print(f"rlplat: error: unknown benchmark {argv[0]!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return int(module.main(argv[1:]) or 0)
+
+
+def _quiet_logs() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,8 @@
+"""Text environments: multi-turn episodes that a language model plays by writing its actions as text.
+
+- `text_env`: the `TextEnv` protocol, `StepResult`, `TextEnvSpec`, and `EnvPoolTextEnv`, which runs an EnvPool
+  pool asynchronously (send/recv with env ids).
+- `renderers`: one `Renderer` per supported task, turning an observation into text and a reply into an action.
+  `RENDERERS` maps task ids to them.
+- `registry`: `make_text_env(task_id, num_envs, ...)` checks the task id and picks its renderer.
+"""

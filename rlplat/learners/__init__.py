@@ -1,0 +1,1 @@
+"""Learners: the policy (and critic) model, optimizer and losses. No Ray here."""

@@ -1,0 +1,1 @@
+"""Reward functions: pure torch/stdlib math that scores completions (tensors in, tensors out)."""

@@ -1,0 +1,60 @@
+"""Built-in batched reward functions over token ids.
+
+A reward function takes a `RewardInputs` batch and returns a float tensor [B] (or a sequence of B floats).
+Score generated token ids, not decoded text: a policy learns to exploit what decoding hides (e.g. pad vs EOS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewardInputs:
+    """One batch of B finished samples.
+
+    response_token_ids: B lists of generated ids (EOS included when generated).
+    response_texts: B decoded responses (special tokens skipped), for text-based rewards.
+    answers: B reference answers as text; answer_token_ids: B tokenised answers (no EOS).
+    """
+
+    response_token_ids: list[list[int]]
+    response_texts: list[str]
+    answers: list[str]
+    answer_token_ids: list[list[int]]
+    eos_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.response_token_ids)
+
+
+def digit_accuracy(batch: RewardInputs) -> torch.Tensor:
+    """Fraction of positions of `answer + EOS` that the response matches token for token.
+
+    >>> b = RewardInputs(response_token_ids=[[5, 6, 1], [5, 7]], response_texts=["", ""], answers=["", ""],
+    ...                  answer_token_ids=[[5, 6], [5, 6]], eos_token_id=1)
+    >>> digit_accuracy(b).tolist()
+    [1.0, 0.3333333432674408]
+    """
+    out = torch.zeros(len(batch))
+    for i, (resp, ans) in enumerate(zip(batch.response_token_ids, batch.answer_token_ids, strict=True)):
+        target = ans + [batch.eos_token_id]
+        hits = sum(1 for j, t in enumerate(target) if j < len(resp) and resp[j] == t)
+        out[i] = hits / len(target)
+    return out
+
+
+def exact_match(batch: RewardInputs) -> torch.Tensor:
+    """1.0 when the response is exactly the answer's tokens followed by EOS (or the budget ended right after).
+
+    >>> b = RewardInputs(response_token_ids=[[5, 6, 1], [5, 6, 7]], response_texts=["", ""], answers=["", ""],
+    ...                  answer_token_ids=[[5, 6], [5, 6]], eos_token_id=1)
+    >>> exact_match(b).tolist()
+    [1.0, 0.0]
+    """
+    out = torch.zeros(len(batch))
+    for i, (resp, ans) in enumerate(zip(batch.response_token_ids, batch.answer_token_ids, strict=True)):
+        out[i] = float(resp == ans + [batch.eos_token_id] or resp == ans)
+    return out

@@ -1,0 +1,80 @@
+"""Resolve reward names from the spec and combine several rewards with weights.
+
+A spec names a built-in (`digit_accuracy`) or a user's function as `path/to/file.py:function`. A reward that
+raises or returns the wrong shape fails with a message naming the function; the caller keeps the samples.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from rlplat.rewards.basic import RewardInputs, digit_accuracy, exact_match
+
+RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned a bad value; the message names the function."""
+
+
+def load_reward(name: str) -> RewardFn:
+    """Return the reward function named `name` (built-in or `file.py:function`); ValueError if it can't load."""
+    if name in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[name]
+    path, sep, func = name.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise ValueError(f"unknown reward {name!r}: use one of {', '.join(BUILTIN_REWARDS)} or path/to/file.py:function")
+    if not Path(path).is_file():
+        raise ValueError(f"reward {name!r}: file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"rlplat_user_reward_{Path(path).stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user's file: report any import failure by name
+        raise ValueError(f"reward {name!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r}: {path} has no function {func!r}")
+    return fn
+
+
+def combined_reward(terms: Sequence[tuple[str, float]], batch: RewardInputs) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k w_k * r_k(batch) -> ([B] f32, {"reward/<name>": mean}); raises RewardError naming a failing term."""
+    total = torch.zeros(len(batch))
+    metrics: dict[str, float] = {}
+    for name, weight in terms:
+        values = _call(name, load_reward(name), batch)
+        total += weight * values
+        metrics[f"reward/{_short(name)}"] = float(values.mean()) if len(values) else 0.0
+    return total, metrics
+
+
+def _call(name: str, fn: RewardFn, batch: RewardInputs) -> torch.Tensor:
+    try:
+        out = fn(batch)
+    except Exception as e:
+        raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
+    try:
+        values = torch.as_tensor(out, dtype=torch.float32).detach().cpu()
+    except Exception as e:
+        raise RewardError(f"reward function {name!r} returned {type(out).__name__}, not numbers: {e}") from e
+    if values.shape != (len(batch),):
+        raise RewardError(f"reward function {name!r} returned shape {tuple(values.shape)}, expected ({len(batch)},)")
+    if not torch.isfinite(values).all():
+        raise RewardError(f"reward function {name!r} returned non-finite values")
+    return values
+
+
+def _short(name: str) -> str:
+    return name.rpartition(":")[2]
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "digit_accuracy": digit_accuracy,
+    "exact_match": exact_match,
+}

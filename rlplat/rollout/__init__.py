@@ -1,0 +1,1 @@
+"""Rollout: the vLLM engine wrapper, in-place weight sync and (later) APRIL partial rollouts. Only this package imports vllm."""

@@ -1,0 +1,155 @@
+"""A vLLM AsyncLLM engine that continues samples from their token ids and keeps per-token behaviour log-probs.
+
+`RolloutEngine` is a plain object (no Ray); `rlplat.actors.rollout.RolloutActor` wraps one per worker.
+Every request is one sample: the prompt plus the response generated so far, continued with the remaining token
+budget. That is how APRIL resumes an aborted sample next step from token ids, never from re-tokenised text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from dataclasses import dataclass
+
+from rlplat.types import FinishReason, Sample
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    model_path: str
+    max_model_len: int
+    seed: int = 0
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = True
+    max_num_seqs: int = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingOptions:
+    max_new_tokens: int  # the whole response budget; a continued sample gets what is left of it
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+
+
+class RolloutEngine:
+    """Owns one vLLM AsyncLLM. Call `start()` inside the event loop that will run `generate`."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.engine = None
+        self._ids = itertools.count()
+        self._inflight: set[str] = set()
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        o = self.options
+        args = AsyncEngineArgs(
+            model=o.model_path,
+            max_model_len=o.max_model_len,
+            seed=o.seed,
+            dtype=o.dtype,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            enforce_eager=o.enforce_eager,
+            max_num_seqs=o.max_num_seqs,
+            logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled from
+            worker_extension_cls="rlplat.rollout.weight_sync.WeightSyncExtension",
+            enable_prefix_caching=True,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+
+    async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]:
+        """Continue every unfinished sample until it stops, hits its budget, or `abort()` is called.
+
+        Samples are extended in place (tokens, behaviour log-probs, policy version per token) and returned.
+        An aborted sample keeps what it generated so far and stays PENDING.
+        """
+        await asyncio.gather(*(self._continue(s, sampling, policy_version) for s in samples if not s.is_finished))
+        return samples
+
+    async def _continue(self, sample: Sample, sampling: SamplingOptions, policy_version: int) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        budget = sampling.max_new_tokens - sample.num_response_tokens
+        if budget <= 0:
+            sample.finish_reason = FinishReason.LENGTH
+            return
+        params = SamplingParams(
+            n=1,
+            max_tokens=budget,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            logprobs=0,
+            skip_special_tokens=False,
+        )
+        request_id = f"s{next(self._ids)}"
+        prompt = TokensPrompt(prompt_token_ids=sample.prompt_token_ids + sample.response_token_ids)
+        self._inflight.add(request_id)
+        final = None
+        try:
+            assert self.engine is not None, "call start() first"
+            async for out in self.engine.generate(prompt, params, request_id):
+                final = out
+        finally:
+            self._inflight.discard(request_id)
+        if final is None or not final.outputs:
+            return
+        completion = final.outputs[0]
+        token_ids = list(completion.token_ids)
+        logps = _sampled_logps(token_ids, completion.logprobs)
+        finish = _FINISH.get(completion.finish_reason or "", FinishReason.PENDING)
+        sample.extend(token_ids, logps, policy_version, finish)
+
+    async def abort(self) -> int:
+        """Abort every in-flight request; their samples keep partial output. Returns how many were aborted."""
+        ids = list(self._inflight)
+        if ids and self.engine is not None:
+            await self.engine.abort(ids)
+        return len(ids)
+
+    async def load_weights(self, payload: bytes) -> None:
+        """Load safetensors bytes into every worker in place, then drop cached prefixes of the old weights."""
+        assert self.engine is not None
+        await self.engine.collective_rpc("load_weights_from_bytes", args=(payload,))
+        await self.engine.reset_prefix_cache()
+
+    async def rpc(self, method: str, *args: object) -> object:
+        """Call a `WeightSyncExtension` method on the (first) worker: checksums, parameter names, stats."""
+        assert self.engine is not None
+        return (await self.engine.collective_rpc(method, args=args))[0]
+
+    async def score(self, token_ids: list[int]) -> list[float]:
+        """Log-prob of each token of `token_ids` after the first, under the engine's current weights."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        assert self.engine is not None
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, f"score{next(self._ids)}"):
+            final = out
+        assert final is not None and final.prompt_logprobs is not None
+        return [float(pos[tok].logprob) for tok, pos in zip(token_ids[1:], final.prompt_logprobs[1:], strict=True)]
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
+def _sampled_logps(token_ids: list[int], logprobs) -> list[float]:
+    """Log-prob of each sampled token from vLLM's per-position dicts (logprobs=0 returns just the sampled one)."""
+    if logprobs is None:
+        return [0.0] * len(token_ids)
+    out = []
+    for tok, pos in zip(token_ids, logprobs, strict=True):
+        lp = pos[tok].logprob
+        out.append(float(lp) if math.isfinite(lp) else -1e4)
+    return out

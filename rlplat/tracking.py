@@ -1,0 +1,99 @@
+"""MLflow tracking for one run. Only the driver logs (MlflowClient with an explicit run id); actors return dicts.
+
+Default store: a local SQLite file `<output_dir>/mlflow.db` (single writer: the driver). Open the UI with
+`mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db --host 127.0.0.1`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rlplat.config import RunConfig, dump_yaml, flatten, to_dict
+
+_MAX_PARAM_CHARS = 500
+
+
+class Tracker:
+    """One MLflow run. `run_id` may be given to re-attach (resume)."""
+
+    def __init__(self, cfg: RunConfig, *, run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        self.uri = cfg.tracking_uri
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(cfg.tracking.experiment_name)
+        if exp is None:
+            artifacts = (cfg.output_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
+            exp_id = self.client.create_experiment(cfg.tracking.experiment_name, artifact_location=artifacts)
+        else:
+            exp_id = exp.experiment_id
+        if run_id is None:
+            all_tags = {"mlflow.runName": cfg.experiment.name, **(tags or {})}
+            self.run_id = self.client.create_run(exp_id, tags=all_tags).info.run_id
+            self._log_spec(cfg)
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def _log_spec(self, cfg: RunConfig) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flatten(to_dict(cfg)).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.log_text(dump_yaml(cfg), "spec/resolved.yaml")
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for k, v in metrics.items():
+            self.history.setdefault(k, []).append((step, float(v)))
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_reward_curve(self, key: str = "rollout/reward_mean") -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        points = self.history.get(key, [])
+        if not points:
+            return
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for s, _ in points], [v for _, v in points], label=key)
+        for extra in ("eval/exact_match",):
+            if extra in self.history:
+                ax.plot(*zip(*self.history[extra], strict=True), marker="o", label=extra)
+        ax.set_xlabel("step")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        self.client.log_figure(self.run_id, fig, "plots/reward_curve.png")
+        plt.close(fig)
+
+    def log_artifact_dir(self, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

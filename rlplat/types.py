@@ -1,0 +1,118 @@
+"""Typed records that cross process boundaries (rollout -> store -> learner).
+
+Everything here is plain Python data (lists of ints/floats, no tensors) so it pickles cheaply through Ray and
+TransferQueue. Per-token fields of a response are lists of the same length as `response_token_ids`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinishReason(str, Enum):
+    """Why a sample's generation stopped (vLLM's finish reasons, plus `pending` for not yet finished)."""
+
+    PENDING = "pending"  # never started, or aborted mid-way: continue it later
+    STOP = "stop"  # EOS or a stop string: complete
+    LENGTH = "length"  # token budget exhausted: complete (truncated)
+
+
+@dataclass(slots=True, kw_only=True)
+class Sample:
+    """One response to one prompt. Mutable only through `extend`, which APRIL uses to continue a sample.
+
+    prompt_token_ids: [P] int, the tokenised prompt.
+    response_token_ids: [T] int, generated so far (env tokens included for multi-turn episodes).
+    logp_behaviour: [T] f32, log-prob of each token under the policy that sampled it (0.0 for env tokens).
+    policy_versions: [T] int, the policy version that generated each token.
+    loss_mask: [T] 0/1, 1 for model tokens, 0 for environment tokens.
+    """
+
+    group_id: int
+    sample_index: int
+    prompt_id: int
+    prompt_token_ids: list[int]
+    answer: str = ""
+    response_token_ids: list[int] = field(default_factory=list)
+    logp_behaviour: list[float] = field(default_factory=list)
+    policy_versions: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    finish_reason: FinishReason = FinishReason.PENDING
+    reward: float | None = None
+
+    @property
+    def num_response_tokens(self) -> int:
+        return len(self.response_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not FinishReason.PENDING
+
+    def extend(self, token_ids: list[int], logps: list[float], policy_version: int, finish: FinishReason) -> None:
+        """Append newly generated model tokens (loss mask 1) with their behaviour log-probs."""
+        if len(token_ids) != len(logps):
+            raise ValueError(f"{len(token_ids)} tokens but {len(logps)} log-probs")
+        self.response_token_ids.extend(token_ids)
+        self.logp_behaviour.extend(logps)
+        self.policy_versions.extend([policy_version] * len(token_ids))
+        self.loss_mask.extend([1] * len(token_ids))
+        self.finish_reason = finish
+
+    def validate(self) -> None:
+        n = len(self.response_token_ids)
+        for name in ("logp_behaviour", "policy_versions", "loss_mask"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"sample {self.group_id}/{self.sample_index}: {name} has "
+                                 f"{len(getattr(self, name))} entries for {n} response tokens")
+
+
+@dataclass(slots=True, kw_only=True)
+class Group:
+    """All samples of one prompt. Groups are never split: they train together or wait together."""
+
+    group_id: int
+    prompt_id: int
+    samples: list[Sample]
+
+    @property
+    def is_complete(self) -> bool:
+        return all(s.is_finished for s in self.samples)
+
+    @property
+    def oldest_policy_version(self) -> int | None:
+        """The oldest policy version of any token in the group (None before any token was generated)."""
+        versions = [min(s.policy_versions) for s in self.samples if s.policy_versions]
+        return min(versions) if versions else None
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(s.num_response_tokens for s in self.samples)
+
+    def validate(self) -> None:
+        for s in self.samples:
+            if s.group_id != self.group_id:
+                raise ValueError(f"sample of group {s.group_id} inside group {self.group_id}")
+            s.validate()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainBatch:
+    """What the learner consumes: whole groups' samples with one advantage per sample.
+
+    samples: N samples (whole groups, in group order).
+    advantages: [N] f32, one sequence-level advantage per sample (broadcast over its response tokens).
+    """
+
+    samples: list[Sample]
+    advantages: list[float]
+
+    def validate(self) -> None:
+        if len(self.samples) != len(self.advantages):
+            raise ValueError(f"{len(self.samples)} samples but {len(self.advantages)} advantages")
+        for s in self.samples:
+            s.validate()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.prompt_token_ids) + s.num_response_tokens for s in self.samples)

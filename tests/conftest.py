@@ -1,0 +1,55 @@
+"""Shared fixtures: one Ray instance and one tiny model directory for the whole test session.
+
+vLLM engines take ~25-40 s to start on CPU, so end-to-end tests keep runs short and share what they can.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (TransferQueue actors each ask for a logical CPU)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 + char tokenizer, written once per session."""
+    from rlplat.models import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def smoke_overrides(model_dir: Path, out_dir: Path, **extra: object) -> list[str]:
+    """Overrides that turn configs/smoke/grpo.yaml into a fast run writing under out_dir."""
+    items = {"model.path": str(model_dir), "experiment.output_dir": str(out_dir), **extra}
+    return [f"{k}={v}" for k, v in items.items()]

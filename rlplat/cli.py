@@ -16,7 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     if argv[:1] == ["bench"]:  # benchmarks parse their own flags
         return _bench(argv[1:], parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `train SPEC a.b=1 --dry-run c.d=2`: overrides after a flag arrive here; anything else is an error.
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

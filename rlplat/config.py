@@ -8,6 +8,7 @@ overrides are `a.b=value` (the value is parsed as YAML). Every component receive
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,9 +39,41 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LoraConfig:
+    """LoRA adapters through peft: only the adapters train; every weight sync sends the merged weights."""
+
+    rank: int = 8
+    alpha: float = 16.0  # scaling = alpha / rank
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "rank must be >= 1")
+        _check(self.alpha > 0, "alpha must be > 0")
+        _check(len(self.target_modules) >= 1, "target_modules must name at least one module")
+        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     path: str  # a local Hugging Face model directory (`rlplat model tiny DIR` writes one)
+    # float32: plain fp32. bfloat16/float16: the learner keeps fp32 master weights and runs forward/backward under
+    # autocast in this dtype; the rollout engine runs in this dtype.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None  # absent: full fine-tuning
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PartialRolloutConfig:
+    """APRIL active partial rollouts (ALGORITHMS.md section 1): over-provision, abort, continue next step."""
+
+    enabled: bool = False
+    over_provision: float = 2.0  # groups issued per step / groups needed per step (N'/N), >= 1
+    max_age_in_versions: int = 0  # drop a buffered group whose oldest token is older than this; 0 = never drop
+
+    def __post_init__(self) -> None:
+        _check(self.over_provision >= 1, "over_provision must be >= 1 (N' >= N groups in flight)")
+        _check(self.max_age_in_versions >= 0, "max_age_in_versions must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -53,6 +86,7 @@ class RolloutConfig:
     num_workers: int = 1  # vLLM engines, one Ray actor each
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
+    partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
     def __post_init__(self) -> None:
         for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers"):
@@ -63,8 +97,73 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class GaeConfig:
+    """PPO with a critic (`advantage: gae`): GAE over response tokens with a learned value model.
+
+    Token rewards are the outcome reward on the last response token, minus an optional in-reward KL penalty
+    kl_in_reward_coef * KL_hat(pi_old || pi_ref) on every token; advantages are whitened over the batch.
+    """
+
+    gamma: float = 1.0  # discount (verl default 1.0)
+    lam: float = 1.0  # GAE lambda (verl default 1.0: A_t = R - V_t)
+    critic_lr: float | None = None  # None: learner.lr
+    value_clip: float | None = 0.5  # clip range of the value loss around the rollout-time values; None: no clip
+    whiten: bool = True  # whiten the advantages over the batch's response tokens (as verl)
+    kl_in_reward_coef: float = 0.0  # 0: no in-reward KL (and no reference copy needed for it)
+    kl_in_reward_kind: Literal["k1", "k2", "k3", "abs"] = "k1"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        _check(self.critic_lr is None or self.critic_lr > 0, "critic_lr must be > 0")
+        _check(self.value_clip is None or self.value_clip > 0, "value_clip must be > 0 (or null for no clipping)")
+        _check(self.kl_in_reward_coef >= 0, "kl_in_reward_coef must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KlConvexConfig:
+    """ReMix KL-convex constraint  coef * [lam KL(pi || pi_base) + (1 - lam) KL(pi || pi_prev)]  with
+    lam(t) = max(1 - lambda_decrement * ceil(max(t - lambda_start, 0) / lambda_interval), lambda_floor)."""
+
+    coef: float = 0.001  # beta; 0 switches the constraint off (and the policy snapshots it needs)
+    kind: Literal["k1", "k2", "k3", "abs", "k1+", "k3+"] = "k3"  # estimator (unconfirmed in the paper)
+    lambda_start: int = 50
+    lambda_interval: int = 10
+    lambda_decrement: float = 0.1
+    lambda_floor: float = 0.5
+    restart_at_reincarnation: bool = False  # restart the lam schedule at the reincarnation step
+
+    def __post_init__(self) -> None:
+        _check(self.coef >= 0, "coef must be >= 0")
+        _check(self.lambda_interval >= 1, "lambda_interval must be >= 1")
+        _check(0 <= self.lambda_floor <= 1, "lambda_floor must be in [0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemixConfig:
+    """ReMix (arXiv:2507.06892): Mix-PPG replay of the last N policy versions, UTD ratio m, KL-convex constraint,
+    policy reincarnation. Options are ignored while `enabled` is false."""
+
+    enabled: bool = False
+    replay_versions: int = 2  # N: replay groups of the last N policy versions
+    p_off_policy: float = 0.4  # p: share of replayed (off-policy) groups in each training batch
+    update_to_data: int = 2  # m: optimizer updates per rollout batch (replaces num_updates_per_batch)
+    kl_convex: KlConvexConfig = field(default_factory=KlConvexConfig)
+    reincarnation_step: int | None = None  # T: after step T the KL base is pi_T and replay is off; null: never
+
+    def __post_init__(self) -> None:
+        _check(self.replay_versions >= 1, "replay_versions must be >= 1")
+        _check(0 <= self.p_off_policy < 1, "p_off_policy must be in [0, 1)")
+        _check(self.update_to_data >= 1, "update_to_data must be >= 1")
+        _check(self.reincarnation_step is None or self.reincarnation_step >= 1, "reincarnation_step must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AlgorithmConfig:
-    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    """Advantage estimator, policy loss and their options. Options that do not apply to the chosen algorithm are
+    errors (a `gae:` block without `advantage: gae`, `tis_cap` without `off_policy: tis`, remix with a loss it
+    cannot use); `remix:` options are ignored while remix is disabled."""
+
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "scalerl", "gae"] = "grpo"
     policy_loss: Literal["ppo", "cispo", "gspo"] = "ppo"
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
         "token-mean"
@@ -73,12 +172,44 @@ class AlgorithmConfig:
     clip_high: float = 0.2
     kl_coef: float = 0.0  # KL-to-reference loss weight; 0 disables the reference model
     kl_kind: Literal["k1", "k2", "k3", "abs"] = "k3"
-    num_updates_per_batch: int = 1  # optimizer steps (mini-batches) per rollout batch
+    num_updates_per_batch: int = 1  # optimizer steps (mini-batches of whole groups) per rollout batch
+    # Tokens generated by an older policy version than the learner's (APRIL partial rollouts, staleness > 0):
+    # all = train on them as on-policy; mask = leave them out of the policy loss; tis = weight every token's loss by
+    # min(exp(logp_old - logp_behaviour), tis_cap) (truncated importance sampling).
+    off_policy: Literal["all", "mask", "tis"] = "all"
+    tis_cap: float | None = None  # only with off_policy: tis (default 2.0)
+    gae: GaeConfig | None = None  # only with advantage: gae (defaults filled in when absent)
+    remix: RemixConfig = field(default_factory=RemixConfig)
 
     def __post_init__(self) -> None:
         _check(self.clip_low >= 0 and self.clip_high >= 0, "clip bounds must be >= 0")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
         _check(self.num_updates_per_batch >= 1, "num_updates_per_batch must be >= 1")
+        if self.advantage == "gae" and self.gae is None:
+            object.__setattr__(self, "gae", GaeConfig())
+        _check(self.advantage == "gae" or self.gae is None,
+               f"gae options apply only to advantage 'gae' (advantage is {self.advantage!r})")
+        if self.off_policy == "tis" and self.tis_cap is None:
+            object.__setattr__(self, "tis_cap", 2.0)
+        _check(self.off_policy == "tis" or self.tis_cap is None,
+               f"tis_cap applies only to off_policy 'tis' (off_policy is {self.off_policy!r}; valid: all, mask, tis)")
+        _check(self.tis_cap is None or self.tis_cap > 0, "tis_cap must be > 0")
+        if self.remix.enabled:
+            _check_remix(self)
+
+    @property
+    def num_updates(self) -> int:
+        """Optimizer updates per rollout batch: ReMix's update_to_data when ReMix is on."""
+        return self.remix.update_to_data if self.remix.enabled else self.num_updates_per_batch
+
+
+def _check_remix(algo: AlgorithmConfig) -> None:
+    _check(algo.policy_loss == "ppo",
+           f"remix needs policy_loss 'ppo' (Mix-PPG is a clipped objective); got {algo.policy_loss!r}")
+    _check(algo.off_policy == "all",
+           f"off_policy {algo.off_policy!r} does not apply with remix (Mix-PPG corrects stale tokens itself); use 'all'")
+    _check(algo.num_updates_per_batch == 1, "with remix, set remix.update_to_data instead of num_updates_per_batch")
+    _check(algo.kl_coef == 0, "with remix, the KL term is remix.kl_convex.coef (set kl_coef to 0)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,7 +246,11 @@ class LearnerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip_norm: float = 1.0
     warmup_steps: int = 0
-    micro_batch_size_in_tokens: int = 4096  # token budget per forward/backward; sequences are packed into it
+    # Token budget per forward/backward: samples sorted by length are bucketed so that rows x padded length <= it.
+    micro_batch_size_in_tokens: int = 4096
+    compile: bool = False  # torch.compile the model and the fp32 log-prob head (GPU: worth it for long runs)
+    activation_checkpointing: bool = False  # trade compute for memory (recompute layer activations in backward)
+    fused_optimizer: bool = True  # fused AdamW kernel when the learner runs on CUDA
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr must be > 0")
@@ -247,9 +382,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return _coerce_scalar(tp, value, where)
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)  # PyYAML reads `3e-4` (no dot) as a string
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):

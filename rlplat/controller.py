@@ -18,6 +18,7 @@ import torch
 
 from rlplat.actors.learner import LearnerActor
 from rlplat.actors.rollout import RolloutActor
+from rlplat.actors.rollout_manager import RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
 from rlplat.config import ConfigError, RunConfig, dump_yaml
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
@@ -150,6 +151,19 @@ def generate(workers: Workers, groups: list[Group], sampling: SamplingOptions, v
                   samples=sorted(by_group[g.group_id], key=lambda s: s.sample_index)) for g in groups]
 
 
+def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None, cursor: PromptCursor, tokens: Tokens,
+                 sampling: SamplingOptions, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    """This step's N complete groups: one synchronous full batch, or APRIL (`rollout.partial.enabled`): partial
+    buffer first, then fresh prompts, abort once N are complete; returns the groups and APRIL's metrics."""
+    def fresh(k: int) -> list[Group]:  # called at most once per step, so group ids stay unique
+        return make_groups(cursor.take(k), tokens, cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000)
+
+    if april is None:
+        return generate(workers, fresh(cfg.rollout.num_prompts_per_step), sampling, version), {}
+    result = april.collect(cfg.rollout.num_prompts_per_step, fresh, sampling, version)
+    return result.groups, result.metrics
+
+
 def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, float]:
     """Set `sample.reward` on every sample; returns reward metrics."""
     samples = [s for g in groups for s in g.samples]
@@ -178,6 +192,20 @@ def sync_weights(workers: Workers) -> None:
     """Learner weights -> every engine, in place. The bytes travel once through Ray's object store."""
     payload = workers.learner.weights_bytes.remote()
     ray.get([w.load_weights.remote(payload) for w in workers.rollout])
+
+
+def verify_sync(workers: Workers, token_ids: list[int]) -> dict[str, float]:
+    """Check every engine holds the learner's weights: checksum of the tensors vLLM keeps readable, and the
+    largest log-prob difference on one sequence (covers the linears that vLLM's CPU backend repacks)."""
+    names = ray.get(workers.rollout[0].rpc.remote("readable_parameter_names"))
+    expected = ray.get(workers.learner.engine_layout_checksum.remote(names))
+    learner_logps = ray.get(workers.learner.sequence_logps.remote(token_ids))
+    match, diff = 1.0, 0.0
+    for w in workers.rollout:
+        match = min(match, float(ray.get(w.rpc.remote("checksum_weights", names)) == expected))
+        engine_logps = ray.get(w.score.remote(token_ids))
+        diff = max(diff, max(abs(a - b) for a, b in zip(engine_logps, learner_logps, strict=True)))
+    return {"sync/checksum_match": match, "sync/max_logp_diff": diff}
 
 
 def evaluate(workers: Workers, problems: list[Problem], tokens: Tokens, max_new_tokens: int) -> dict[str, float]:
@@ -226,6 +254,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     init_ray(cfg)
     tracker = Tracker(cfg, tags=run_tags())
     workers = start_workers(cfg, max_context_length(cfg.model.path))
+    april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None  # .state()
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
@@ -234,9 +263,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         tracker.log_metrics(0, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
         for step in tqdm(range(1, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
             t0 = time.perf_counter()
-            groups = make_groups(cursor.take(cfg.rollout.num_prompts_per_step), tokens,
-                                 cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000)
-            groups = generate(workers, groups, sampling, version)
+            groups, april_metrics = rollout_step(cfg, workers, april, cursor, tokens, sampling, step, version)
             t1 = time.perf_counter()
             metrics = score(cfg, groups, tokens)
             batch = make_batch(cfg, groups)
@@ -246,7 +273,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             sync_weights(workers)
             version += 1
             t4 = time.perf_counter()
-            metrics |= rollout_metrics(groups, t1 - t0)
+            metrics |= rollout_metrics(groups, t1 - t0) | april_metrics
             metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
@@ -254,7 +281,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
                                   f"samples/step_{step:06d}.json")
-        tracker.log_metrics(cfg.experiment.num_steps, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
+        last = cfg.experiment.num_steps
+        tracker.log_metrics(last, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
+        probe = groups[0].samples[0]
+        tracker.log_metrics(last, verify_sync(workers, probe.prompt_token_ids + probe.response_token_ids))
         final_dir = cfg.output_dir / "final_model"
         ray.get(workers.learner.save.remote(str(final_dir.resolve())))
         tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))

@@ -1,0 +1,71 @@
+"""Bad input: one line naming the problem and exit status 2, before any actor starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlplat.cli import main
+from rlplat.models import TinyModelShape, write_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = str(ROOT / "configs/smoke/grpo.yaml")
+
+
+@pytest.fixture(scope="module")
+def short_context_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("m") / "short", shape=TinyModelShape(max_position_embeddings=12))
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    import ray
+
+    was_running = ray.is_initialized()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert ray.is_initialized() == was_running, "Ray was started for a bad spec"
+    return code, err
+
+
+def test_unknown_key(capsys, tmp_path) -> None:
+    code, err = _run(["train", SMOKE, "rollout.num_prompt_per_step=3", f"experiment.output_dir={tmp_path}"], capsys)
+    assert code == 2 and "rollout.num_prompt_per_step: unknown key" in err and len(err.splitlines()) == 1
+
+
+def test_wrong_type(capsys) -> None:
+    code, err = _run(["train", SMOKE, "learner.lr=fast"], capsys)
+    assert code == 2 and "learner.lr: expected float, got str" in err
+
+
+def test_missing_spec_file(capsys) -> None:
+    code, err = _run(["train", "configs/nope.yaml"], capsys)
+    assert code == 2 and "spec file 'configs/nope.yaml' does not exist" in err
+
+
+def test_missing_model_directory(capsys, tmp_path) -> None:
+    code, err = _run(["train", SMOKE, f"model.path={tmp_path / 'absent'}"], capsys)
+    assert code == 2 and "model.path:" in err and "does not exist" in err
+
+
+def test_prompt_longer_than_context(capsys, short_context_model: Path) -> None:
+    code, err = _run(["train", SMOKE, f"model.path={short_context_model}"], capsys)
+    assert code == 2 and "exceed the model context of 12 tokens" in err
+
+
+def test_bad_reward_name(capsys, tiny_model_dir: Path) -> None:
+    code, err = _run(["train", SMOKE, f"model.path={tiny_model_dir}", "reward.terms=[{name: nope}]"], capsys)
+    assert code == 2 and "unknown reward 'nope'" in err
+
+
+def test_dry_run_prints_resolved_spec(capsys) -> None:
+    assert main(["train", SMOKE, "--dry-run", "rollout.max_new_tokens=5"]) == 0
+    out = capsys.readouterr().out
+    assert "max_new_tokens: 5" in out and "num_prompts_per_step: 4" in out
+
+
+def test_model_tiny_writes_loadable_directory(tmp_path: Path) -> None:
+    from rlplat.models import check_model_dir
+
+    assert main(["model", "tiny", str(tmp_path / "t")]) == 0
+    check_model_dir(tmp_path / "t")

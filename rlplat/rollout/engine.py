@@ -24,6 +24,7 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     max_num_seqs: int = 256
+    cpu_kv_cache_gib: float = 1.0  # on CPU only: KV-cache size (vLLM's CPU default is far larger)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,10 @@ class RolloutEngine:
             worker_extension_cls="rlplat.rollout.weight_sync.WeightSyncExtension",
             enable_prefix_caching=True,
         )
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and o.cpu_kv_cache_gib > 0:
+            args.kv_cache_memory_bytes = int(o.cpu_kv_cache_gib * 2**30)
         self.engine = AsyncLLM.from_engine_args(args)
 
     async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]:

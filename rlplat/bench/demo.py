@@ -1,0 +1,74 @@
+"""`rlplat bench demo`: seconds per training step split by phase, and generated tokens/s in the loop next to
+vLLM's raw generation speed on the same prompts (same engine settings, no learner, no weight sync)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from rlplat.bench.common import emit_headline, print_table
+
+PHASES = ("time/rollout_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "time/step_s")
+
+
+def main(argv: list[str]) -> int:
+    import ray
+
+    from rlplat import controller
+    from rlplat.actors.rollout import RolloutActor
+    from rlplat.config import load_config
+    from rlplat.models import max_context_length
+    from rlplat.rollout.engine import EngineOptions, SamplingOptions
+
+    p = argparse.ArgumentParser(prog="rlplat bench demo")
+    p.add_argument("--spec", default="configs/demo.yaml")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", "experiment.name=bench-demo",
+                                  *args.overrides])
+    result = controller.train(cfg, progress=False)
+    skip = min(2, args.steps - 1)  # the first steps include warm-up
+    rows = []
+    for key in PHASES:
+        values = [v for s, v in result.history[key] if s > skip]
+        rows.append([key.removeprefix("time/"), statistics.median(values), statistics.mean(values)])
+    loop_tps = statistics.median(v for s, v in result.history["perf/rollout_tokens_per_s"] if s > skip)
+    steps_tps = statistics.median(
+        len_ * cfg.num_samples_per_step / step_s
+        for (s, len_), (_, step_s) in zip(result.history["rollout/response_length_mean"],
+                                          result.history["time/step_s"], strict=True) if s > skip)
+
+    # Raw vLLM on the same prompts: one engine, same options, generate only.
+    tokens, train_problems, _ = controller.preflight(cfg)
+    controller.init_ray(cfg)
+    options = EngineOptions(model_path=cfg.model.path, max_model_len=max_context_length(cfg.model.path),
+                            seed=cfg.experiment.seed, dtype=cfg.model.dtype)
+    actor = RolloutActor.remote(options)
+    ray.get(actor.start.remote())
+    sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
+    raw = []
+    for rep in range(5):
+        problems = train_problems[rep * cfg.rollout.num_prompts_per_step:(rep + 1) * cfg.rollout.num_prompts_per_step]
+        groups = controller.make_groups(problems, tokens, cfg.rollout.num_samples_per_prompt, first_group_id=rep * 1000)
+        samples = [s for g in groups for s in g.samples]
+        t0 = time.perf_counter()
+        out = ray.get(actor.generate.remote(samples, sampling, 0))
+        raw.append(sum(s.num_response_tokens for s in out) / (time.perf_counter() - t0))
+    ray.get(actor.shutdown.remote())
+    raw_tps = statistics.median(raw[1:])
+
+    print(f"\nrlplat bench demo: {args.steps} steps of {cfg.rollout.num_prompts_per_step} prompts x "
+          f"{cfg.rollout.num_samples_per_prompt} samples, {cfg.rollout.max_new_tokens} new tokens (steps > {skip})")
+    print_table(["phase", "median s/step", "mean s/step"], rows)
+    print()
+    print_table(["generation", "tokens/s"], [
+        ["vLLM raw (same prompts, generate only)", raw_tps],
+        ["rollout phase inside the loop", loop_tps],
+        ["whole training step (tokens / step time)", steps_tps],
+    ])
+    print(f"rollout phase / raw vLLM: {loop_tps / raw_tps:.2f}x")
+    emit_headline("demo", metric="step_s", value=statistics.median(rows[-1][1:2]), unit="s", goal=None,
+                  higher_is_better=False)
+    return 0

@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
     if rewards:
         k = min(10, len(rewards))
         print(f"reward mean: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps {sum(rewards[-k:]) / k:.3f}")
-    for key in ("eval/exact_match",):
+    for key in ("eval/exact_match", "eval/digit_accuracy"):
         if key in result.history:
             print(f"{key}: {result.history[key][0][1]:.3f} -> {result.history[key][-1][1]:.3f}")
     print(f"MLflow run {result.run_id} in {result.tracking_uri}")

@@ -22,6 +22,7 @@ from rlplat.actors.rollout_manager import RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
 from rlplat.config import ConfigError, RunConfig, dump_yaml
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
+from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.registry import combined_reward, load_reward
@@ -106,7 +107,7 @@ def init_ray(cfg: RunConfig) -> None:
             return
         except ConnectionError:
             pass
-    ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, dashboard_host=cfg.cluster.dashboard_host,
+    ray.init(address="local", num_cpus=cfg.cluster.num_cpus, include_dashboard=False, dashboard_host=cfg.cluster.dashboard_host,
              runtime_env=env)
 
 
@@ -121,7 +122,7 @@ def start_workers(cfg: RunConfig, context_len: int) -> Workers:
     )
     rollout = [RolloutActor.remote(options) for _ in range(cfg.rollout.num_workers)]
     learner = LearnerActor.remote(str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm,
-                                  dtype=cfg.model.dtype, seed=cfg.experiment.seed)
+                                  dtype=cfg.model.dtype, seed=cfg.experiment.seed, lora=cfg.model.lora)
     ray.get([w.start.remote() for w in rollout])
     return Workers(rollout=rollout, learner=learner)
 
@@ -181,7 +182,11 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, floa
 
 
 def make_batch(cfg: RunConfig, groups: list[Group]) -> TrainBatch:
+    """Samples of whole groups with their outcome advantages. With a critic (advantage: gae) advantages are
+    token-level and need values, so the learner computes them from each sample's reward."""
     samples = [s for g in groups for s in g.samples]
+    if cfg.algorithm.advantage == "gae":
+        return TrainBatch(samples=samples, advantages=None)
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
     adv = ADVANTAGE_FNS[cfg.algorithm.advantage](rewards, group_ids, None)
@@ -259,6 +264,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
     version, status = 0, "FAILED"
+    replay = ReplayBuffer(cfg.algorithm.remix, seed=cfg.experiment.seed)  # ReMix: past groups; inert otherwise
     try:
         tracker.log_metrics(0, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
         for step in tqdm(range(1, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
@@ -266,14 +272,16 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             groups, april_metrics = rollout_step(cfg, workers, april, cursor, tokens, sampling, step, version)
             t1 = time.perf_counter()
             metrics = score(cfg, groups, tokens)
-            batch = make_batch(cfg, groups)
+            replayed = replay.sample(step, version, len(groups))
+            batch = make_batch(cfg, groups + replayed)
             t2 = time.perf_counter()
             metrics |= ray.get(workers.learner.train_step.remote(batch))
             t3 = time.perf_counter()
             sync_weights(workers)
+            replay.add(version, groups)
             version += 1
             t4 = time.perf_counter()
-            metrics |= rollout_metrics(groups, t1 - t0) | april_metrics
+            metrics |= rollout_metrics(groups, t1 - t0) | april_metrics | {"replay/num_groups": float(len(replayed))}
             metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}

@@ -259,7 +259,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     init_ray(cfg)
     tracker = Tracker(cfg, tags=run_tags())
     workers = start_workers(cfg, max_context_length(cfg.model.path))
-    april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None  # .state()
+    # APRIL (rollout.partial); `april.state()` is its partial buffer, which a checkpoint must carry
+    april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
@@ -318,10 +319,9 @@ def run_tags() -> dict[str, str]:
     """Tags that say where the run came from: the Ray job id (under `ray job submit`) and the git commit."""
     import subprocess
 
-    tags = {}
-    job = os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID")
-    if job:
-        tags["rlplat.ray_job_id"] = job
+    tags = {"rlplat.ray_job_id": ray.get_runtime_context().get_job_id()} if ray.is_initialized() else {}
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        tags["rlplat.ray_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
         if commit.returncode == 0:

@@ -227,12 +227,33 @@ class RewardConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class StoreConfig:
+    """The asynchronous experience store (TransferQueue) between rollout and learner.
+
+    Off: rollout and training alternate in one thread (synchronous, on-policy). On: a producer thread keeps
+    generating while the learner trains, at most `max_staleness` policy versions ahead (0 = on-policy).
+    """
+
+    enabled: bool = False
+    max_staleness: int = 1  # k: a group's oldest token may lag the learner by at most k versions
+    on_stale: Literal["wait", "drop"] = "wait"  # wait: the producer pauses; drop: stale groups are dropped, counted
+    capacity_in_groups: int | None = None  # None: (max_staleness + 1) * rollout.num_prompts_per_step
+    num_storage_units: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.max_staleness >= 0, "max_staleness must be >= 0")
+        _check(self.capacity_in_groups is None or self.capacity_in_groups >= 1, "capacity_in_groups must be >= 1")
+        _check(self.num_storage_units >= 1, "num_storage_units must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
     task: Literal["copy", "reverse", "add"] = "reverse"
     num_digits: int = 4
     num_train_prompts: int = 2048
     num_eval_prompts: int = 128
     seed: int = 1234
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_digits <= 16, "num_digits must be in [1, 16]")

@@ -21,6 +21,7 @@ from rlplat.actors.rollout import RolloutActor
 from rlplat.actors.rollout_manager import RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
 from rlplat.config import ConfigError, RunConfig, dump_yaml
+from rlplat.data.producer import Producer
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
@@ -193,10 +194,40 @@ def make_batch(cfg: RunConfig, groups: list[Group]) -> TrainBatch:
     return TrainBatch(samples=samples, advantages=adv.tolist())
 
 
-def sync_weights(workers: Workers) -> None:
-    """Learner weights -> every engine, in place. The bytes travel once through Ray's object store."""
+def sync_weights(workers: Workers, version: int) -> None:
+    """Learner weights -> every engine, in place (tokens generated from then on carry `version`).
+    The bytes travel once through Ray's object store; generation may keep running meanwhile."""
     payload = workers.learner.weights_bytes.remote()
-    ray.get([w.load_weights.remote(payload) for w in workers.rollout])
+    ray.get([w.load_weights.remote(payload, version) for w in workers.rollout])
+
+
+def start_producer(cfg: RunConfig, workers: Workers, produce) -> Producer | None:
+    """With `data.store.enabled`: an ExperienceStore on TransferQueue and a producer thread feeding it."""
+    from rlplat.data.store import ExperienceStore
+
+    sc = cfg.data.store
+    if not sc.enabled:
+        return None
+    capacity = sc.capacity_in_groups or (sc.max_staleness + 1) * cfg.rollout.num_prompts_per_step
+    store = ExperienceStore(capacity_in_groups=max(capacity, cfg.rollout.num_prompts_per_step),
+                            max_staleness=sc.max_staleness, on_stale=sc.on_stale,
+                            num_storage_units=sc.num_storage_units)
+
+    def interrupt() -> None:
+        ray.get([w.abort.remote() for w in workers.rollout])
+
+    producer = Producer(produce, store, num_groups_per_batch=cfg.rollout.num_prompts_per_step,
+                        max_staleness=sc.max_staleness, wait_for_learner=sc.on_stale == "wait", interrupt=interrupt)
+    producer.start()
+    return producer
+
+
+def async_metrics(producer: Producer, groups: list[Group], learner_version: int) -> dict[str, float]:
+    """Queue depth, waits, dropped groups and this batch's staleness (learner version - oldest token version)."""
+    stats = producer.store.stats()
+    lags = [learner_version - 1 - (g.oldest_policy_version or 0) for g in groups]
+    out = {k.replace("store/", "async/"): v for k, v in stats.items()}
+    return out | {"async/batch_staleness_max": float(max(lags)), "async/batch_staleness_mean": sum(lags) / len(lags)}
 
 
 def verify_sync(workers: Workers, token_ids: list[int]) -> dict[str, float]:
@@ -264,32 +295,47 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
-    version, status = 0, "FAILED"
+    version, status, producer = 0, "FAILED", None
     replay = ReplayBuffer(cfg.algorithm.remix, seed=cfg.experiment.seed)  # ReMix: past groups; inert otherwise
     try:
         tracker.log_metrics(0, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
+        def produce(batch_index: int, policy_version: int) -> tuple[list[Group], dict[str, float]]:
+            t_start = time.perf_counter()
+            groups, produced = rollout_step(cfg, workers, april, cursor, tokens, sampling, batch_index + 1,
+                                            policy_version)
+            t_scored = time.perf_counter()
+            produced |= score(cfg, groups, tokens)
+            return groups, produced | rollout_metrics(groups, t_scored - t_start) | {
+                "time/generate_s": t_scored - t_start, "time/reward_s": time.perf_counter() - t_scored}
+
+        producer = start_producer(cfg, workers, produce)
         for step in tqdm(range(1, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
             t0 = time.perf_counter()
-            groups, april_metrics = rollout_step(cfg, workers, april, cursor, tokens, sampling, step, version)
+            groups, metrics = producer.next_batch() if producer else produce(step - 1, version)
             t1 = time.perf_counter()
-            metrics = score(cfg, groups, tokens)
             replayed = replay.sample(step, version, len(groups))
             batch = make_batch(cfg, groups + replayed)
             t2 = time.perf_counter()
             metrics |= ray.get(workers.learner.train_step.remote(batch))
             t3 = time.perf_counter()
-            sync_weights(workers)
+            sync_weights(workers, version + 1)
             replay.add(version, groups)
             version += 1
+            if producer:
+                producer.set_learner_version(version)
+                metrics |= async_metrics(producer, groups, version)
             t4 = time.perf_counter()
-            metrics |= rollout_metrics(groups, t1 - t0) | april_metrics | {"replay/num_groups": float(len(replayed))}
-            metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
+            metrics |= {"replay/num_groups": float(len(replayed))}
+            # time/rollout_s: how long the learner waited for this batch (all of rollout + reward when synchronous)
+            metrics |= {"time/rollout_s": t1 - t0, "time/make_batch_s": t2 - t1, "time/train_s": t3 - t2,
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             tracker.log_metrics(step, metrics)
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
                                   f"samples/step_{step:06d}.json")
+        if producer:
+            producer.stop()
         last = cfg.experiment.num_steps
         tracker.log_metrics(last, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
         probe = groups[0].samples[0]
@@ -300,6 +346,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
         tracker.log_reward_curve()
         status = "FINISHED"
     finally:
+        if producer:
+            producer.stop()
+            producer.store.close()
         tracker.finish(status)
         shutdown_workers(workers)
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)

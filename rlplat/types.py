@@ -49,13 +49,19 @@ class Sample:
     def is_finished(self) -> bool:
         return self.finish_reason is not FinishReason.PENDING
 
-    def extend(self, token_ids: list[int], logps: list[float], policy_version: int, finish: FinishReason) -> None:
-        """Append newly generated model tokens (loss mask 1) with their behaviour log-probs."""
-        if len(token_ids) != len(logps):
-            raise ValueError(f"{len(token_ids)} tokens but {len(logps)} log-probs")
+    def extend(
+        self, token_ids: list[int], logps: list[float], policy_version: int | list[int], finish: FinishReason
+    ) -> None:
+        """Append newly generated model tokens (loss mask 1) with their behaviour log-probs.
+
+        policy_version: one version for all new tokens, or one per token (weights can change mid-request).
+        """
+        versions = [policy_version] * len(token_ids) if isinstance(policy_version, int) else list(policy_version)
+        if not len(token_ids) == len(logps) == len(versions):
+            raise ValueError(f"{len(token_ids)} tokens, {len(logps)} log-probs, {len(versions)} versions")
         self.response_token_ids.extend(token_ids)
         self.logp_behaviour.extend(logps)
-        self.policy_versions.extend([policy_version] * len(token_ids))
+        self.policy_versions.extend(versions)
         self.loss_mask.extend([1] * len(token_ids))
         self.finish_reason = finish
 
@@ -100,16 +106,19 @@ class Group:
 class TrainBatch:
     """What the learner consumes: whole groups' samples with one advantage per sample.
 
-    samples: N samples (whole groups, in group order).
-    advantages: [N] f32, one sequence-level advantage per sample (broadcast over its response tokens).
+    samples: N samples (whole groups, in group order); each carries its outcome `reward`.
+    advantages: [N] f32, one sequence-level advantage per sample (broadcast over its response tokens), or None when
+    the learner computes token-level advantages itself (GAE with its critic, from each sample's reward).
     """
 
     samples: list[Sample]
-    advantages: list[float]
+    advantages: list[float] | None = None
 
     def validate(self) -> None:
-        if len(self.samples) != len(self.advantages):
+        if self.advantages is not None and len(self.samples) != len(self.advantages):
             raise ValueError(f"{len(self.samples)} samples but {len(self.advantages)} advantages")
+        if self.advantages is None and any(s.reward is None for s in self.samples):
+            raise ValueError("a batch without advantages needs every sample's reward")
         for s in self.samples:
             s.validate()
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import ray
 
-from rlplat.config import AlgorithmConfig, LearnerConfig
+from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.policy import PolicyLearner
 from rlplat.types import TrainBatch
 
 
 @ray.remote(num_cpus=1)
 class LearnerActor:
-    def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int) -> None:
-        self.learner = PolicyLearner(model_path, cfg, algo, dtype=dtype, seed=seed)
+    def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int,
+                 lora: LoraConfig | None = None) -> None:
+        self.learner = PolicyLearner(model_path, cfg, algo, dtype=dtype, seed=seed, lora=lora)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         return self.learner.train_step(batch)

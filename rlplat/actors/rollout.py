@@ -22,8 +22,8 @@ class RolloutActor:
     async def abort(self) -> int:
         return await self.engine.abort()
 
-    async def load_weights(self, payload: bytes) -> None:
-        await self.engine.load_weights(payload)
+    async def load_weights(self, payload: bytes, version: int | None = None) -> None:
+        await self.engine.load_weights(payload, version)
 
     async def score(self, token_ids: list[int]) -> list[float]:
         return await self.engine.score(token_ids)

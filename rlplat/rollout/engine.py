@@ -45,6 +45,7 @@ class RolloutEngine:
         self.engine = None
         self._ids = itertools.count()
         self._inflight: set[str] = set()
+        self.loaded_version: int | None = None  # policy version of the weights last loaded with a version
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -98,10 +99,13 @@ class RolloutEngine:
         prompt = TokensPrompt(prompt_token_ids=sample.prompt_token_ids + sample.response_token_ids)
         self._inflight.add(request_id)
         final = None
+        versions: list[int] = []  # per token: weights may be swapped (load_weights) while this request runs
         try:
             assert self.engine is not None, "call start() first"
             async for out in self.engine.generate(prompt, params, request_id):
                 final = out
+                if out.outputs:
+                    versions += [self._version(policy_version)] * (len(out.outputs[0].token_ids) - len(versions))
         finally:
             self._inflight.discard(request_id)
         if final is None or not final.outputs:
@@ -110,7 +114,13 @@ class RolloutEngine:
         token_ids = list(completion.token_ids)
         logps = _sampled_logps(token_ids, completion.logprobs)
         finish = _FINISH.get(completion.finish_reason or "", FinishReason.PENDING)
-        sample.extend(token_ids, logps, policy_version, finish)
+        sample.extend(token_ids, logps, versions[: len(token_ids)], finish)
+
+    def _version(self, requested: int) -> int:
+        """The version generating right now: the caller's, unless newer weights were loaded since."""
+        if self.loaded_version is not None and self.loaded_version > requested:
+            return self.loaded_version
+        return requested
 
     async def abort(self) -> int:
         """Abort every in-flight request; their samples keep partial output. Returns how many were aborted."""
@@ -119,11 +129,16 @@ class RolloutEngine:
             await self.engine.abort(ids)
         return len(ids)
 
-    async def load_weights(self, payload: bytes) -> None:
-        """Load safetensors bytes into every worker in place, then drop cached prefixes of the old weights."""
+    async def load_weights(self, payload: bytes, version: int | None = None) -> None:
+        """Load safetensors bytes into every worker in place, then drop cached prefixes of the old weights.
+
+        With `version`, tokens generated from now on (also by requests already running) carry that version.
+        """
         assert self.engine is not None
         await self.engine.collective_rpc("load_weights_from_bytes", args=(payload,))
         await self.engine.reset_prefix_cache()
+        if version is not None:
+            self.loaded_version = version
 
     async def rpc(self, method: str, *args: object) -> object:
         """Call a `WeightSyncExtension` method on the (first) worker: checksums, parameter names, stats."""

@@ -1,0 +1,46 @@
+"""`rlplat bench async`: the demo workload synchronously and with the asynchronous store at k = 1 and 2.
+
+Each mode is one `controller.train` run with the same seed and steps. samples/s = samples trained / summed step
+time (engine start-up and evaluation excluded); reward = mean rollout reward over the last 10 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from rlplat.bench.common import emit_headline, print_table
+
+
+def main(argv: list[str]) -> int:
+    from rlplat import controller
+    from rlplat.config import load_config
+
+    p = argparse.ArgumentParser(prog="rlplat bench async")
+    p.add_argument("--spec", default="configs/demo.yaml")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--staleness", type=int, nargs="+", default=[1, 2])
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    modes: list[tuple[str, list[str]]] = [("sync", ["data.store.enabled=false"])]
+    modes += [(f"async k={k}", ["data.store.enabled=true", f"data.store.max_staleness={k}"]) for k in args.staleness]
+    rows, rate = [], {}
+    for name, extra in modes:
+        cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", f"experiment.name=bench-async-{name[-1]}",
+                                      *extra, *args.overrides])
+        h = controller.train(cfg, progress=False).history
+        steps = [v for _, v in h["time/step_s"]]
+        samples = cfg.num_samples_per_step * len(steps)
+        rate[name] = samples / sum(steps)
+        rewards = [v for _, v in h["rollout/reward_mean"]]
+        rows.append([name, rate[name], statistics.median(steps), statistics.mean(rewards[-10:]),
+                     max((v for _, v in h.get("async/batch_staleness_max", [])), default=0.0)])
+    print(f"\nrlplat bench async: {args.steps} steps of the demo workload per mode")
+    print_table(["mode", "samples/s", "median step s", "reward (last 10)", "max staleness"], rows)
+    base = rate["sync"]
+    for name in rate:
+        print(f"{name}: {rate[name] / base:.2f}x synchronous samples/s")
+    k1 = next((n for n in rate if n == "async k=1"), None)
+    emit_headline("async", metric="samples_per_s_k1_over_sync", value=rate[k1] / base if k1 else float("nan"),
+                  unit="x", goal=1.5, higher_is_better=True)
+    return 0

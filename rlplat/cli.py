@@ -30,24 +30,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlplat", description="RL post-training for language models.")
+    p = argparse.ArgumentParser(
+        prog="rlplat", description="RL post-training for language models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  rlplat model tiny models/tiny                        write the demo's tiny model\n"
+               "  rlplat train configs/demo.yaml experiment.num_steps=20\n"
+               "  rlplat train configs/demo.yaml --dry-run             print the resolved spec\n"
+               "  rlplat bench                                         list the benchmarks\n"
+               "  ray job submit --working-dir . -- python -m rlplat train SPEC   (on a Ray cluster: docs/deploy.md)\n"
+               "\n"
+               "`rlplat COMMAND --help` lists a command's options.")
     sub = p.add_subparsers(dest="command")
 
-    t = sub.add_parser("train", help="run an experiment spec (YAML)")
+    t = sub.add_parser("train", help="run an experiment spec (YAML)",
+                       description="Run an experiment spec: on the Ray cluster this process can attach to "
+                                   "(ray job submit, RAY_ADDRESS, cluster.address), else on a local Ray instance. "
+                                   "Bad input exits with status 2 before any worker starts.")
     t.add_argument("spec", help="path to the YAML experiment spec")
     t.add_argument("overrides", nargs="*", help="spec overrides as key.path=value, e.g. experiment.num_steps=5")
     t.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in the output directory (same MLflow run)")
     t.set_defaults(func=_train)
 
-    m = sub.add_parser("model", help="model utilities")
+    m = sub.add_parser("model", help="model utilities: rlplat model tiny OUT_DIR",
+                       description="Model utilities. `rlplat model tiny --help` lists its options.")
     msub = m.add_subparsers(dest="model_command")
-    tiny = msub.add_parser("tiny", help="write a tiny random Qwen2 model + char tokenizer to OUT_DIR")
-    tiny.add_argument("out_dir")
-    tiny.add_argument("--hidden-size", type=int, default=128)
-    tiny.add_argument("--num-layers", type=int, default=2)
-    tiny.add_argument("--num-heads", type=int, default=2)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = msub.add_parser("tiny", help="write a tiny random Qwen2 model + char tokenizer to OUT_DIR",
+                           description="Write a tiny random-weight Qwen2 model and a character tokenizer to OUT_DIR "
+                                       "(a Hugging Face model directory to point model.path at).")
+    tiny.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (created if missing)")
+    tiny.add_argument("--hidden-size", type=int, default=128,
+                      help="hidden size; hidden-size / num-heads must be >= 32 (default: %(default)s)")
+    tiny.add_argument("--num-layers", type=int, default=2, help="decoder layers (default: %(default)s)")
+    tiny.add_argument("--num-heads", type=int, default=2,
+                      help="attention heads, also used as KV heads (default: %(default)s)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     tiny.set_defaults(func=_model_tiny)
 
     sub.add_parser("bench", help="run a benchmark: rlplat bench NAME [--help]")
@@ -65,11 +85,13 @@ def _train(args: argparse.Namespace) -> int:
         from rlplat import controller
 
         controller.preflight(cfg)
+        if args.resume:
+            controller.find_checkpoint(cfg, required=True)
     except ConfigError as e:
         print(f"rlplat: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _quiet_logs()
-    result = controller.train(cfg, progress=not args.no_progress)
+    result = controller.train(cfg, progress=not args.no_progress, resume=args.resume)
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
     if rewards:
         k = min(10, len(rewards))

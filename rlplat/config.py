@@ -269,9 +269,12 @@ class LearnerConfig:
     warmup_steps: int = 0
     # Token budget per forward/backward: samples sorted by length are bucketed so that rows x padded length <= it.
     micro_batch_size_in_tokens: int = 4096
-    compile: bool = False  # torch.compile the model and the fp32 log-prob head (GPU: worth it for long runs)
+    compile: bool = False  # torch.compile the backbone and the log-prob head (GPU: worth it for long runs)
     activation_checkpointing: bool = False  # trade compute for memory (recompute layer activations in backward)
     fused_optimizer: bool = True  # fused AdamW kernel when the learner runs on CUDA
+    # LM head matmul in fp32 on the fp32 master weights (ScaleRL: fewer trainer/generator mismatches). false: in
+    # model.dtype under autocast; the log-softmax is fp32 either way. On GPU the fp32 head costs throughput.
+    fp32_lm_head: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr must be > 0")
@@ -302,10 +305,52 @@ class TrackingConfig:
 class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end
     keep_last: int = 2
+    resume: Literal["never", "auto"] = "never"  # auto: continue from the latest checkpoint in output_dir if any
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "every_steps must be >= 0")
         _check(self.keep_last >= 1, "keep_last must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnvConfig:
+    """Multi-turn episodes in an EnvPool environment instead of the `data` prompt task (rlplat.envs.agent_loop).
+
+    With task_id set: rollout.num_prompts_per_step = env seeds per step (one GRPO group each),
+    rollout.num_samples_per_prompt = episodes played from each seed, rollout.max_new_tokens = token budget of a
+    whole episode (model + env tokens). The reward needs the `env_return` term. The pool (num_prompts_per_step x
+    num_samples_per_prompt envs) lives in the driver. Templates take {observation} and {action_help}.
+    """
+
+    task_id: str = ""  # an EnvPool task id with a text renderer (e.g. CartPole-v1); empty: no env, use `data`
+    renderer: Literal["default", "compact"] = "default"  # compact: few-token observations for tiny contexts
+    max_turns: int = 16  # model turns per episode
+    max_new_tokens_per_turn: int = 8  # one model turn ends at EOS or after this many tokens
+    invalid_action_penalty: float = -1.0  # added to the step reward of an unparseable reply (default action played)
+    return_scale: float = 1.0  # sample reward (env_return) = return_scale * sum of step rewards
+    max_episode_steps: int | None = None  # env step limit; None: EnvPool's default
+    prompt_template: str = "{action_help}\n{observation}\n"  # the first observation
+    observation_template: str = "\n{observation}\n"  # each later observation, after the model's turn
+    replace_whitespace: str | None = None  # replace whitespace runs in env text (tokenizers without whitespace)
+    num_threads: int | None = None  # EnvPool threads; None: min(num_envs, CPU count)
+    seed: int = 0  # step s plays seeds seed + (s - 1) * num_prompts_per_step + k
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_new_tokens_per_turn"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.invalid_action_penalty <= 0, "invalid_action_penalty must be <= 0")
+        _check(self.return_scale > 0, "return_scale must be > 0")
+        _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "max_episode_steps must be >= 1")
+        _check(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1")
+        _check(self.seed >= 0, "seed must be >= 0")
+        for name in ("prompt_template", "observation_template"):
+            template = getattr(self, name)
+            _check("{observation}" in template, f"{name} must contain {{observation}}")
+            try:
+                template.format(observation="", action_help="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"{name}: bad template {template!r} (placeholders: observation, action_help): "
+                                 f"{e}") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -320,6 +365,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)  # task_id empty: no env, the `data` prompt task
 
     @property
     def output_dir(self) -> Path:

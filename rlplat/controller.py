@@ -7,6 +7,7 @@ Synchronous and on-policy: rollout step k uses policy version k.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -18,11 +19,14 @@ import torch
 
 from rlplat.actors.learner import LearnerActor
 from rlplat.actors.rollout import RolloutActor
-from rlplat.actors.rollout_manager import RolloutManager
+from rlplat.actors.rollout_manager import RemoteRolloutWorker, RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
+from rlplat import checkpoint as ck
 from rlplat.config import ConfigError, RunConfig, dump_yaml
 from rlplat.data.producer import Producer
+from rlplat.envs.agent_loop import episode_budget, episode_format, make_episode_env, play_episodes
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
+from rlplat.envs.text_env import EnvPoolTextEnv
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.rewards.basic import RewardInputs
@@ -83,6 +87,8 @@ def preflight(cfg: RunConfig) -> tuple[Tokens, list[Problem], list[Problem]]:
     train = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed, split="train")
     evals = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_eval_prompts, seed=d.seed, split="eval")
     longest = max(len(tokens.encode(p.prompt)) for p in train + evals)
+    if cfg.env.task_id:  # env episodes replace the prompt task: their prompts are rendered observations
+        longest = check_env(cfg, tokens)
     context = max_context_length(cfg.model.path)
     if longest + cfg.rollout.max_new_tokens > context:
         raise ConfigError(
@@ -154,9 +160,13 @@ def generate(workers: Workers, groups: list[Group], sampling: SamplingOptions, v
 
 
 def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None, cursor: PromptCursor, tokens: Tokens,
-                 sampling: SamplingOptions, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+                 sampling: SamplingOptions, step: int, version: int,
+                 env: EnvPoolTextEnv | None = None) -> tuple[list[Group], dict[str, float]]:
     """This step's N complete groups: one synchronous full batch, or APRIL (`rollout.partial.enabled`): partial
-    buffer first, then fresh prompts, abort once N are complete; returns the groups and APRIL's metrics."""
+    buffer first, then fresh prompts, abort once N are complete; returns the groups and APRIL's metrics.
+    With `env` (env.task_id set): N groups of env episodes instead, and env metrics."""
+    if env is not None:
+        return play_episodes_step(cfg, workers, env, tokens, sampling, step, version)
     def fresh(k: int) -> list[Group]:  # called at most once per step, so group ids stay unique
         return make_groups(cursor.take(k), tokens, cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000)
 
@@ -175,6 +185,7 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, floa
         answers=[s.answer for s in samples],
         answer_token_ids=[tokens.encode(s.answer) for s in samples],
         eos_token_id=tokens.eos_token_id,
+        env_returns=[s.reward or 0.0 for s in samples] if cfg.env.task_id else None,  # set by play_episodes
     )
     rewards, metrics = combined_reward([(t.name, t.weight) for t in cfg.reward.terms], inputs)
     for s, r in zip(samples, rewards.tolist(), strict=True):
@@ -201,8 +212,10 @@ def sync_weights(workers: Workers, version: int) -> None:
     ray.get([w.load_weights.remote(payload, version) for w in workers.rollout])
 
 
-def start_producer(cfg: RunConfig, workers: Workers, produce) -> Producer | None:
-    """With `data.store.enabled`: an ExperienceStore on TransferQueue and a producer thread feeding it."""
+def start_producer(cfg: RunConfig, workers: Workers, produce, *, first_batch: int = 0,
+                   restored: list[Group] | None = None) -> Producer | None:
+    """With `data.store.enabled`: an ExperienceStore on TransferQueue and a producer thread feeding it.
+    `restored`: a checkpoint's unconsumed groups (whole batches produced ahead), put back before it starts."""
     from rlplat.data.store import ExperienceStore
 
     sc = cfg.data.store
@@ -217,7 +230,11 @@ def start_producer(cfg: RunConfig, workers: Workers, produce) -> Producer | None
         ray.get([w.abort.remote() for w in workers.rollout])
 
     producer = Producer(produce, store, num_groups_per_batch=cfg.rollout.num_prompts_per_step,
-                        max_staleness=sc.max_staleness, wait_for_learner=sc.on_stale == "wait", interrupt=interrupt)
+                        max_staleness=sc.max_staleness, wait_for_learner=sc.on_stale == "wait", interrupt=interrupt,
+                        first_batch=first_batch)
+    if restored:
+        store.restore(restored)
+        producer.batches_produced += len(restored) // cfg.rollout.num_prompts_per_step
     producer.start()
     return producer
 
@@ -279,37 +296,99 @@ def sample_rows(step: int, groups: list[Group], tokens: Tokens, n: int) -> list[
     return rows
 
 
+# --------------------------------------------------------------------------------------------------------- env episodes
+def check_env(cfg: RunConfig, tokens: Tokens) -> int:
+    """Spec checks for env episodes; returns the longest prompt (in tokens) of a few sample episodes."""
+    if not any(t.name == "env_return" for t in cfg.reward.terms):
+        raise ConfigError("reward.terms: env.task_id is set but no term is env_return, so episode returns "
+                          "would be ignored")
+    if cfg.rollout.partial.enabled:
+        raise ConfigError("rollout.partial: APRIL does not continue env episodes across steps yet; disable one of them")
+    try:
+        env = make_episode_env(cfg.env, num_envs=8)
+    except ValueError as e:
+        raise ConfigError(f"env.task_id: {e}") from None
+    try:
+        fmt = episode_format(cfg.env)
+        return max(len(tokens.encode(fmt.prompt(obs, env.spec.action_help))) for obs in env.reset(range(8)))
+    finally:
+        env.close()
+
+
+def play_episodes_step(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv, tokens: Tokens,
+                       sampling: SamplingOptions, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    """Step `step`'s groups: num_prompts_per_step fresh env seeds x num_samples_per_prompt episodes each, played
+    turn by turn through the rollout actors (one visible generate.remote per actor and turn) and the driver's pool."""
+    n = cfg.rollout.num_prompts_per_step
+    batch = asyncio.run(play_episodes(
+        env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
+        seeds=[cfg.env.seed + (step - 1) * n + k for k in range(n)],
+        num_samples_per_seed=cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000,
+        budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
+        fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
+    return batch.groups, batch.metrics
+
+
+def evaluate_policy(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv | None, problems: list[Problem],
+                    tokens: Tokens) -> dict[str, float]:
+    """Greedy evaluation: the prompt task's eval split, or with an env one episode from each of env.num_envs
+    held-out seeds (2**30 + env.seed + i; training seeds count up from env.seed)."""
+    if env is None:
+        return evaluate(workers, problems, tokens, cfg.rollout.max_new_tokens)
+    batch = asyncio.run(play_episodes(
+        env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
+        seeds=[2**30 + cfg.env.seed + i for i in range(env.num_envs)], num_samples_per_seed=1,
+        first_group_id=-env.num_envs - 1,
+        budget=episode_budget(cfg.env, cfg.rollout.max_new_tokens, max_context_length(cfg.model.path)),
+        fmt=episode_format(cfg.env), sampling=SamplingOptions(max_new_tokens=1, temperature=0.0), policy_version=-1))
+    return {k.replace("env/", "eval/"): v for k, v in batch.metrics.items() if k.startswith("env/")}
+
+
 # --------------------------------------------------------------------------------------------------------- loop
-def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
-    """Run the experiment `cfg`; returns where its MLflow run lives. Bad input fails before any actor starts."""
+def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> RunResult:
+    """Run the experiment `cfg`; returns where its MLflow run lives. Bad input fails before any actor starts.
+
+    resume (or checkpoint.resume: auto): continue from the latest checkpoint in the output directory, in the same
+    MLflow run with continuous step numbers.
+    """
     from tqdm import tqdm
 
     tokens, train_problems, eval_problems = preflight(cfg)
+    resumed = find_checkpoint(cfg, required=resume) if resume or cfg.checkpoint.resume == "auto" else None
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     (cfg.output_dir / "spec.yaml").write_text(dump_yaml(cfg))
     init_ray(cfg)
-    tracker = Tracker(cfg, tags=run_tags())
+    tracker = Tracker(cfg, run_id=resumed[1].run_id if resumed else None, tags=run_tags())
     workers = start_workers(cfg, max_context_length(cfg.model.path))
     # APRIL (rollout.partial); `april.state()` is its partial buffer, which a checkpoint must carry
     april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None
+    env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # pool in the driver
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
     version, status, producer = 0, "FAILED", None
     replay = ReplayBuffer(cfg.algorithm.remix, seed=cfg.experiment.seed)  # ReMix: past groups; inert otherwise
+    start_step = 1
     try:
-        tracker.log_metrics(0, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
+        if resumed:
+            version = restore_checkpoint(resumed, workers, cursor, april)
+            start_step = resumed[1].step + 1
+        else:
+            tracker.log_metrics(0, evaluate_policy(cfg, workers, env, eval_problems, tokens))
+
         def produce(batch_index: int, policy_version: int) -> tuple[list[Group], dict[str, float]]:
             t_start = time.perf_counter()
             groups, produced = rollout_step(cfg, workers, april, cursor, tokens, sampling, batch_index + 1,
-                                            policy_version)
+                                            policy_version, env=env)
             t_scored = time.perf_counter()
             produced |= score(cfg, groups, tokens)
             return groups, produced | rollout_metrics(groups, t_scored - t_start) | {
                 "time/generate_s": t_scored - t_start, "time/reward_s": time.perf_counter() - t_scored}
 
-        producer = start_producer(cfg, workers, produce)
-        for step in tqdm(range(1, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
+        producer = start_producer(cfg, workers, produce, first_batch=start_step - 1,
+                                  restored=resumed[1].store_groups if resumed else [])
+        groups: list[Group] = []
+        for step in tqdm(range(start_step, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
             t0 = time.perf_counter()
             groups, metrics = producer.next_batch() if producer else produce(step - 1, version)
             t1 = time.perf_counter()
@@ -331,15 +410,19 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             tracker.log_metrics(step, metrics)
+            record_trained(cfg, step, groups)
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, april, producer)
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
                                   f"samples/step_{step:06d}.json")
         if producer:
             producer.stop()
         last = cfg.experiment.num_steps
-        tracker.log_metrics(last, evaluate(workers, eval_problems, tokens, cfg.rollout.max_new_tokens))
-        probe = groups[0].samples[0]
-        tracker.log_metrics(last, verify_sync(workers, probe.prompt_token_ids + probe.response_token_ids))
+        tracker.log_metrics(last, evaluate_policy(cfg, workers, env, eval_problems, tokens))
+        if groups:
+            probe = groups[0].samples[0]
+            tracker.log_metrics(last, verify_sync(workers, probe.prompt_token_ids + probe.response_token_ids))
         final_dir = cfg.output_dir / "final_model"
         ray.get(workers.learner.save.remote(str(final_dir.resolve())))
         tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))
@@ -351,7 +434,66 @@ def train(cfg: RunConfig, *, progress: bool = True) -> RunResult:
             producer.store.close()
         tracker.finish(status)
         shutdown_workers(workers)
+        if env is not None:
+            env.close()
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def find_checkpoint(cfg: RunConfig, *, required: bool) -> tuple[Path, ck.DriverState] | None:
+    """The latest checkpoint to resume from; ConfigError when none exists (if required) or the spec changed."""
+    from rlplat.config import to_dict
+
+    path = ck.latest(ck.checkpoint_root(cfg.output_dir))
+    if path is None:
+        if required:
+            raise ConfigError(f"--resume: no checkpoint in {ck.checkpoint_root(cfg.output_dir)}")
+        return None
+    diffs = ck.spec_differences((path / "spec.yaml").read_text(), to_dict(cfg))
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: the spec differs in {', '.join(diffs)}")
+    return path, ck.load_driver_state(path)
+
+
+def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
+                    april: RolloutManager | None, producer: Producer | None) -> Path:
+    """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
+    root = ck.checkpoint_root(cfg.output_dir)
+    if producer:
+        producer.pause()  # no batch half-generated while we snapshot the cursor and the store
+    try:
+        tmp = ck.begin(root, step)
+        ray.get(workers.learner.save_state.remote(str((tmp / "learner").resolve())))
+        state = ck.DriverState(step=step, policy_version=version, run_id=run_id, cursor=cursor.state(),
+                               partial_buffer=april.state() if april else [],
+                               store_groups=producer.store.snapshot() if producer else [], rng=ck.rng_state())
+        return ck.commit(root, tmp, state, dump_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
+    finally:
+        if producer:
+            producer.resume()
+
+
+def restore_checkpoint(resumed: tuple[Path, ck.DriverState], workers: Workers, cursor: PromptCursor,
+                       april: RolloutManager | None) -> int:
+    """Load a checkpoint into fresh workers; returns the policy version (the engines get those weights)."""
+    path, state = resumed
+    ray.get(workers.learner.load_state.remote(str((path / "learner").resolve())))
+    cursor.load_state(state.cursor)
+    if april:
+        april.load_state(state.partial_buffer)
+    ck.set_rng_state(state.rng)
+    sync_weights(workers, state.policy_version)
+    log.info("resumed from %s at step %d (policy version %d)", path, state.step, state.policy_version)
+    return state.policy_version
+
+
+def record_trained(cfg: RunConfig, step: int, groups: list[Group]) -> None:
+    """Append which prompts were trained at `step` (an audit trail: nothing trained twice or skipped)."""
+    import json
+
+    with open(cfg.output_dir / "trained_groups.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "prompt_ids": [g.prompt_id for g in groups],
+                            "group_ids": [g.group_id for g in groups]}) + "\n")
 
 
 def shutdown_workers(workers: Workers) -> None:

@@ -35,3 +35,13 @@ class LearnerActor:
 
     def save(self, out_dir: str) -> None:
         self.learner.save(out_dir)
+
+    def save_state(self, out_dir: str) -> None:
+        from rlplat.learners.state import save_learner_state
+
+        save_learner_state(self.learner, out_dir)
+
+    def load_state(self, in_dir: str) -> None:
+        from rlplat.learners.state import load_learner_state
+
+        load_learner_state(self.learner, in_dir)

@@ -26,7 +26,8 @@ def main(argv: list[str]) -> int:
     modes += [(f"async k={k}", ["data.store.enabled=true", f"data.store.max_staleness={k}"]) for k in args.staleness]
     rows, rate = [], {}
     for name, extra in modes:
-        cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", f"experiment.name=bench-async-{name[-1]}",
+        run_name = "bench-async-" + name.replace(" ", "").replace("=", "")
+        cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", f"experiment.name={run_name}",
                                       *extra, *args.overrides])
         h = controller.train(cfg, progress=False).history
         steps = [v for _, v in h["time/step_s"]]

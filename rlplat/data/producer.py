@@ -30,15 +30,17 @@ class Store(Protocol):
 
 class Producer:
     def __init__(self, produce: ProduceFn, store: Store, *, num_groups_per_batch: int, max_staleness: int,
-                 wait_for_learner: bool, interrupt: Callable[[], None] = lambda: None) -> None:
+                 wait_for_learner: bool, interrupt: Callable[[], None] = lambda: None, first_batch: int = 0) -> None:
         self.produce = produce
         self.store = store
         self.num_groups = num_groups_per_batch
         self.max_staleness = max_staleness
         self.wait_for_learner = wait_for_learner
         self.interrupt = interrupt
-        self.learner_version = 0
-        self.batches_produced = 0
+        self.learner_version = first_batch
+        self.batches_produced = first_batch
+        self._paused = False
+        self._producing = False
         self.producer_wait_s = 0.0
         self._metrics: deque[dict[str, float]] = deque()
         self._cond = threading.Condition()
@@ -57,11 +59,12 @@ class Producer:
             while True:
                 t0 = time.perf_counter()
                 with self._cond:
-                    while not self._stop and not self._may_start(self.batches_produced):
+                    while not self._stop and (self._paused or not self._may_start(self.batches_produced)):
                         self._cond.wait(timeout=1.0)
                     if self._stop:
                         return
                     index, version = self.batches_produced, self.learner_version
+                    self._producing = True
                 self.producer_wait_s += time.perf_counter() - t0
                 groups, metrics = self.produce(index, version)
                 if self._stop:
@@ -77,6 +80,7 @@ class Producer:
                 with self._cond:
                     self._metrics.append(metrics | {"async/producer_batch_version": float(version)})
                     self.batches_produced += 1
+                    self._producing = False
                     self._cond.notify_all()
         except BaseException as e:  # surfaced in the consumer thread by next_batch()
             with self._cond:
@@ -97,6 +101,18 @@ class Producer:
         with self._cond:
             metrics = self._metrics.popleft() if self._metrics else {}
         return groups, metrics | {"async/producer_wait_s": self.producer_wait_s}
+
+    def pause(self) -> None:
+        """Let the batch in progress finish and start no new one (for a consistent checkpoint)."""
+        with self._cond:
+            self._paused = True
+            while self._producing and self._error is None and not self._stop:
+                self._cond.wait(timeout=1.0)
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
 
     def set_learner_version(self, version: int) -> None:
         with self._cond:

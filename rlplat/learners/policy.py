@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,16 +59,19 @@ FrozenPolicy = Snapshot | Literal["base"]
 class Prepared:
     """One micro-batch on the learner's device plus everything computed for it before the updates (no grad).
 
-    All tensors [b, L-1] f32 aligned with `mb.targets`. logp_den is the ratio's denominator: logp_old (pi_k), or
-    under ReMix the stored behaviour log-prob on stale tokens. mask is the policy-loss mask (stale tokens removed
-    under off_policy: mask); the critic uses mb.resp_mask.
+    All tensors [b, L-1] f32 aligned with `mb.targets`. stale marks trained tokens of an older policy version.
+    mask is the policy-loss mask (stale tokens removed under off_policy: mask); the critic uses mb.resp_mask.
+    logp_old is log pi_k; logp_den the ratio's denominator: logp_old, or under ReMix the stored behaviour log-prob
+    on stale tokens. Both stay None until the training forward fills them when a single on-policy pass lets the
+    learner skip the separate recompute (see `PolicyLearner.single_pass`).
     """
 
     mb: MicroBatch
     mask: Tensor
+    stale: Tensor
     adv: Tensor
-    logp_old: Tensor
-    logp_den: Tensor
+    logp_old: Tensor | None = None
+    logp_den: Tensor | None = None
     is_weights: Tensor | None = None
     logp_ref: Tensor | None = None
     logp_prev: Tensor | None = None
@@ -92,11 +95,13 @@ class PolicyLearner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:
             model = apply_lora(model, lora)
+        self._dropout = lora is not None and lora.dropout > 0
         self.model = model.to(self.device).train()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         decoder = self.model.get_decoder()
         self._decoder = torch.compile(decoder) if cfg.compile else decoder
         self._logp_fn = torch.compile(logp_from_logits, dynamic=True) if cfg.compile else logp_from_logits
+        self._entropy_fn = torch.compile(entropy_from_logits, dynamic=True) if cfg.compile else entropy_from_logits
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
             fused=self.device.type == "cuda" and cfg.fused_optimizer,
@@ -127,7 +132,8 @@ class PolicyLearner:
                                self.cfg.micro_batch_size_in_tokens, idx)
             for idx in split_minibatches(batch.samples, self.algo.num_updates)
         ]
-        preps, metrics = self.prepare([mb.to(self.device) for mbs in minibatches for mb in mbs])
+        flat = [mb.to(self.device) for mbs in minibatches for mb in mbs]
+        preps, metrics = self.prepare(flat, recompute_old=not self.single_pass)
         per_update: list[dict[str, float]] = []
         start = 0
         for mbs in minibatches:
@@ -139,15 +145,24 @@ class PolicyLearner:
             per_update.append(m)
         self.policy_version += 1
         self._maybe_reincarnate(step)
+        metrics |= token_metrics(preps, tis=self.algo.off_policy == "tis")
         metrics |= {k: float(np.mean([m[k] for m in per_update if k in m])) for k in per_update[0]}
         metrics["train/policy_version"] = float(self.policy_version)
         metrics["train/num_updates"] = float(len(per_update))
         return metrics
 
-    def prepare(self, micro: list[MicroBatch]) -> tuple[list[Prepared], dict[str, float]]:
+    @property
+    def single_pass(self) -> bool:
+        """One update on on-policy weights: log pi_k equals the training forward's log-probs (same weights, same
+        inputs, no dropout), so the separate no-grad recompute is skipped (a quarter of the step's FLOPs)."""
+        a = self.algo
+        in_reward_kl = a.gae is not None and a.gae.kl_in_reward_coef > 0  # needs log pi_k before the update
+        return a.num_updates == 1 and not a.remix.enabled and not in_reward_kl and not self._dropout
+
+    def prepare(self, micro: list[MicroBatch], *, recompute_old: bool = True) -> tuple[list[Prepared], dict[str, float]]:
         """The no-grad pass before the updates: old/ref/prev log-probs, advantages, off-policy treatment."""
         with torch.no_grad():
-            logp_old = [self._logp(mb) for mb in micro]
+            logp_old = [self._logp(mb) if recompute_old else None for mb in micro]
             logp_ref = None if self.ref is None else [self._logp(mb, self.ref) for mb in micro]
             logp_prev = None if self.prev is None else [self._logp(mb, self.prev) for mb in micro]
             if self.prev is not None:  # pi_k becomes pi_prev of the next iteration
@@ -155,87 +170,80 @@ class PolicyLearner:
                     t.copy_(self.params[name].detach())
         metrics: dict[str, float] = {}
         if self.critic is not None:
-            advs, rets, values, critic_metrics = self.critic.advantages(micro, logp_old, logp_ref)
+            advs, rets, values, critic_metrics = self.critic.advantages(micro, logp_old, logp_ref)  # type: ignore
             metrics |= critic_metrics
         else:
             advs, rets, values = [mb.adv for mb in micro], [None] * len(micro), [None] * len(micro)
         preps = []
-        stale_tokens = fresh_tokens = fresh_diff = 0.0
         for k, mb in enumerate(micro):
             stale = stale_token_mask(mb.versions, mb.resp_mask, self.policy_version)
-            fresh = mb.resp_mask * (1.0 - stale)
-            stale_tokens += float(stale.sum())
-            fresh_tokens += float(fresh.sum())
-            fresh_diff += float(((logp_old[k] - mb.logp_behaviour).abs() * fresh).sum())
-            p = Prepared(mb=mb, mask=mb.resp_mask, adv=advs[k], logp_old=logp_old[k], logp_den=logp_old[k],
+            mask = mb.resp_mask * (1.0 - stale) if self.algo.off_policy == "mask" else mb.resp_mask
+            p = Prepared(mb=mb, mask=mask, stale=stale, adv=advs[k], values_old=values[k], returns=rets[k],
                          logp_ref=None if logp_ref is None else logp_ref[k],
-                         logp_prev=None if logp_prev is None else logp_prev[k], values_old=values[k], returns=rets[k])
-            self._treat_off_policy(p, stale)
+                         logp_prev=None if logp_prev is None else logp_prev[k])
+            if logp_old[k] is not None:
+                self._set_old(p, _t(logp_old[k]))
             preps.append(p)
-        metrics["train/off_policy_token_frac"] = stale_tokens / max(1.0, stale_tokens + fresh_tokens)
-        # |log pi_k - log pi_behaviour| on fresh tokens: ~0 when the engine holds the learner's weights.
-        metrics["train/logp_old_vs_behaviour"] = fresh_diff / max(1.0, fresh_tokens)
-        if self.algo.off_policy == "tis":
-            total = sum(float(p.mb.resp_mask.sum()) for p in preps)
-            metrics["train/tis_weight_mean"] = sum(float(_t(p.is_weights).sum()) for p in preps) / max(1.0, total)
         return preps, metrics
 
-    def _treat_off_policy(self, p: Prepared, stale: Tensor) -> None:
-        """Stale tokens: ReMix ratio to the behaviour policy, or off_policy all | mask | tis."""
-        if self.algo.remix.enabled:
-            p.logp_den = torch.where(stale > 0, p.mb.logp_behaviour, p.logp_old)
-        elif self.algo.off_policy == "mask":
-            p.mask = p.mb.resp_mask * (1.0 - stale)
+    def _set_old(self, p: Prepared, logp_old: Tensor) -> None:
+        """log pi_k and what depends on it: the ReMix denominator on stale tokens, or TIS weights."""
+        p.logp_old = p.logp_den = logp_old
+        if self.algo.remix.enabled:  # Mix-PPG: ratio to the behaviour policy that generated the stale tokens
+            p.logp_den = torch.where(p.stale > 0, p.mb.logp_behaviour, logp_old)
         elif self.algo.off_policy == "tis":
             assert self.algo.tis_cap is not None
-            p.is_weights = truncated_is_weights(p.logp_old, p.mb.logp_behaviour, p.mb.resp_mask, cap=self.algo.tis_cap)
+            p.is_weights = truncated_is_weights(logp_old, p.mb.logp_behaviour, p.mb.resp_mask, cap=self.algo.tis_cap)
 
     def _update(self, preps: list[Prepared], step: int) -> dict[str, float]:
         algo = self.algo
         count = _global_count(algo.loss_agg, [p.mask for p in preps])
         norm_len = max(p.mask.shape[1] for p in preps)
-        total_tokens = max(1.0, sum(float(p.mask.sum()) for p in preps))
+        token_counts = [float(p.mask.sum()) for p in preps]  # host syncs here, before any kernel is queued
+        weights = [c / max(1.0, sum(token_counts)) for c in token_counts]
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for p in preps:
-            logits = self._logits(p.mb)
+        sums: dict[str, Tensor] = {}  # device scalars: no host sync inside the micro-batch loop
+        for p, weight in zip(preps, weights, strict=True):
+            logits = self._logits(p.mb.input_ids)
             logp = self._logp_fn(logits, p.mb.targets)
+            if p.logp_old is None:  # single on-policy pass: this forward's log-probs are log pi_k
+                self._set_old(p, logp.detach())
             loss, m = self._policy_loss(logp, p, count, norm_len)
             kl, kl_metrics = self._kl_loss(logp, p, count, norm_len, step)
             (loss if kl is None else loss + kl).backward()
-            weight = float(p.mask.sum()) / total_tokens
-            _add(sums, "loss/policy", float(loss.detach()))
+            _add(sums, "loss/policy", loss.detach())
             for key, value in kl_metrics.items():
                 _add(sums, key, value)
-            _add(sums, "train/entropy", weight * masked_entropy(logits.detach(), p.mask))
+            _add(sums, "train/entropy", weight * masked_entropy(logits.detach(), p.mask, fn=self._entropy_fn))
             for name in ("clip_frac", "approx_kl", "ratio_mean"):
-                _add(sums, f"train/{name}", weight * float(m[name]))
+                _add(sums, f"train/{name}", weight * m[name])
             if "centre_mean" in m:
-                _add(sums, "remix/clip_centre_mean", weight * float(m["centre_mean"]))
+                _add(sums, "remix/clip_centre_mean", weight * m["centre_mean"])
             del logits, logp, loss, kl
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip_norm)
         self.optimizer.step()
         self.scheduler.step()
-        sums["train/grad_norm"] = float(grad_norm)
-        sums["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        out = {k: float(v) for k, v in sums.items()}
+        out["train/grad_norm"] = float(grad_norm)
+        out["train/lr"] = float(self.scheduler.get_last_lr()[0])
         if self.prev is not None:
-            sums["remix/kl_convex_lambda"] = self.kl_convex_lambda(step)
-        return sums
+            out["remix/kl_convex_lambda"] = self.kl_convex_lambda(step)
+        return out
 
     def _plain_policy_loss(self, logp: Tensor, p: Prepared, count: float, norm_len: int) -> tuple[Tensor, dict]:
         a = self.algo
-        return POLICY_LOSS_FNS[a.policy_loss](logp, p.logp_den, p.adv, p.mask, clip_low=a.clip_low,
+        return POLICY_LOSS_FNS[a.policy_loss](logp, _t(p.logp_den), p.adv, p.mask, clip_low=a.clip_low,
                                               clip_high=a.clip_high, agg=a.loss_agg, is_weights=p.is_weights,
                                               norm_len=norm_len, global_count=count)
 
     def _mix_policy_loss(self, logp: Tensor, p: Prepared, count: float, norm_len: int) -> tuple[Tensor, dict]:
         a = self.algo
-        return mix_ppo_clip_loss(logp, p.logp_den, p.logp_old, p.adv, p.mask, clip_low=a.clip_low,
+        return mix_ppo_clip_loss(logp, _t(p.logp_den), _t(p.logp_old), p.adv, p.mask, clip_low=a.clip_low,
                                  clip_high=a.clip_high, agg=a.loss_agg, norm_len=norm_len, global_count=count)
 
     def _kl_loss(
         self, logp: Tensor, p: Prepared, count: float, norm_len: int, step: int
-    ) -> tuple[Tensor | None, dict[str, float]]:
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """ReMix KL-convex term when pi_prev is kept, else the plain KL-to-reference loss when kl_coef > 0."""
         algo = self.algo
         if p.logp_prev is not None:
@@ -243,11 +251,11 @@ class PolicyLearner:
             lam = self.kl_convex_lambda(step)
             pen = kl_convex_penalty(logp, _t(p.logp_ref), p.logp_prev, lam=lam, kind=kc.kind, mask=p.mask)
             kl = aggregate(pen, p.mask, algo.loss_agg, norm_len=norm_len, global_count=count)
-            return kc.coef * kl, {"loss/kl_convex": float(kl.detach())}
+            return kc.coef * kl, {"loss/kl_convex": kl.detach()}
         if algo.kl_coef > 0:
             est = kl_estimate(logp, _t(p.logp_ref), algo.kl_kind, mask=p.mask)
             kl = aggregate(est, p.mask, algo.loss_agg, norm_len=norm_len, global_count=count)
-            return algo.kl_coef * kl, {"loss/kl_ref": float(kl.detach())}
+            return algo.kl_coef * kl, {"loss/kl_ref": kl.detach()}
         return None, {}
 
     def kl_convex_lambda(self, step: int) -> float:
@@ -268,20 +276,24 @@ class PolicyLearner:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _logits(self, mb: MicroBatch, decoder: Callable[..., object] | None = None) -> Tensor:
-        """[b, L-1, V] f32 logits: backbone (autocast), then the LM head in fp32 on the fp32 master weights."""
-        with self._autocast():
-            hidden = (decoder or self._decoder)(input_ids=mb.input_ids).last_hidden_state[:, :-1]  # type: ignore
+    def _logits(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None) -> Tensor:
+        """[b, L-1, V] logits of every position but the last: the backbone under autocast, then the LM head in fp32
+        on the fp32 master weights (`fp32_lm_head`) or in the autocast dtype. Consumers take the log-softmax in fp32."""
         head = self.model.get_output_embeddings()
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+        with self._autocast():
+            hidden = (decoder or self._decoder)(input_ids=input_ids).last_hidden_state[:, :-1]
+            if not self.cfg.fp32_lm_head:
+                return head(hidden)
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
     def _logp(self, mb: MicroBatch, policy: FrozenPolicy | None = None) -> Tensor:
         """No-grad log-probs of mb's tokens under the live weights, or under a frozen policy."""
         if policy is None:
-            return self._logp_fn(self._logits(mb), mb.targets)
+            return self._logp_fn(self._logits(mb.input_ids), mb.targets)
         ctx = self.model.disable_adapter() if policy == BASE else swapped(self.params, policy)  # type: ignore[operator]
         with ctx:  # eager decoder: swapped tensors must not meet a compiled graph's guards
-            return logp_from_logits(self._logits(mb, self.model.get_decoder()), mb.targets)
+            return logp_from_logits(self._logits(mb.input_ids, self.model.get_decoder()), mb.targets)
 
     # ---------------------------------------------------------------------------------------------------- weights
     def engine_state_dict(self) -> dict[str, Tensor]:
@@ -303,12 +315,7 @@ class PolicyLearner:
         """Log-prob of each token after the first (to compare against the engine's `score`)."""
         ids = torch.tensor([token_ids], device=self.device)
         with torch.no_grad():
-            with self._autocast():
-                hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1]
-            head = self.model.get_output_embeddings()
-            logits = torch.nn.functional.linear(hidden.float(), head.weight.float(),
-                                                None if head.bias is None else head.bias.float())
-        return logp_from_logits(logits, ids[:, 1:])[0].tolist()
+            return logp_from_logits(self._logits(ids, self.model.get_decoder()), ids[:, 1:])[0].tolist()
 
     def save(self, out_dir: str) -> None:
         """The policy (full weights, or with LoRA only the adapter: adapter_config.json + adapter_model.safetensors);
@@ -328,13 +335,30 @@ def stale_token_mask(versions: Tensor, resp_mask: Tensor, current_version: int) 
     return ((versions < current_version) & (resp_mask > 0)).to(resp_mask.dtype)
 
 
-def masked_entropy(logits: Tensor, mask: Tensor, rows_per_chunk: int = 1) -> float:
-    """Token-mean entropy over mask, computed a few rows at a time (a full-vocabulary softmax is large)."""
-    total = 0.0
+def token_metrics(preps: list[Prepared], *, tis: bool) -> dict[str, float]:
+    """Off-policy token share, |log pi_k - log pi_behaviour| on fresh tokens (~0 when the engine holds the learner's
+    weights: a weight-sync check), and the mean TIS weight."""
+    stale = sum(float(p.stale.sum()) for p in preps)
+    total = sum(float(p.mb.resp_mask.sum()) for p in preps)
+    fresh_diff = sum(float(((_t(p.logp_old) - p.mb.logp_behaviour).abs() * (p.mb.resp_mask - p.stale)).sum())
+                     for p in preps)
+    out = {"train/off_policy_token_frac": stale / max(1.0, total),
+           "train/logp_old_vs_behaviour": fresh_diff / max(1.0, total - stale)}
+    if tis:
+        out["train/tis_weight_mean"] = sum(float(_t(p.is_weights).sum()) for p in preps) / max(1.0, total)
+    return out
+
+
+def masked_entropy(
+    logits: Tensor, mask: Tensor, rows_per_chunk: int = 1, fn: Callable[[Tensor], Tensor] = entropy_from_logits
+) -> Tensor:
+    """Token-mean entropy over mask (0-dim, on logits' device), a few rows at a time (a full-vocabulary softmax
+    of a whole micro-batch is large)."""
+    total = torch.zeros((), device=logits.device)
     with torch.no_grad():
         for r in range(0, logits.shape[0], rows_per_chunk):
-            total += float((entropy_from_logits(logits[r : r + rows_per_chunk]) * mask[r : r + rows_per_chunk]).sum())
-    return total / max(1.0, float(mask.sum()))
+            total += (fn(logits[r : r + rows_per_chunk]) * mask[r : r + rows_per_chunk]).sum()
+    return total / mask.sum().clamp(min=1)
 
 
 def snapshot(params: dict[str, torch.nn.Parameter]) -> Snapshot:
@@ -377,8 +401,8 @@ def _t(x: Tensor | None) -> Tensor:
     return x
 
 
-def _add(d: dict[str, float], key: str, value: float) -> None:
-    d[key] = d.get(key, 0.0) + value
+def _add(d: dict[str, Tensor], key: str, value: Tensor) -> None:
+    d[key] = d[key] + value if key in d else value
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,7 @@ class RewardInputs:
     response_token_ids: B lists of generated ids (EOS included when generated).
     response_texts: B decoded responses (special tokens skipped), for text-based rewards.
     answers: B reference answers as text; answer_token_ids: B tokenised answers (no EOS).
+    env_returns: B episode returns from a multi-turn environment (rlplat.envs.agent_loop), or None without one.
     """
 
     response_token_ids: list[list[int]]
@@ -25,6 +26,7 @@ class RewardInputs:
     answers: list[str]
     answer_token_ids: list[list[int]]
     eos_token_id: int
+    env_returns: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.response_token_ids)
@@ -58,3 +60,16 @@ def exact_match(batch: RewardInputs) -> torch.Tensor:
     for i, (resp, ans) in enumerate(zip(batch.response_token_ids, batch.answer_token_ids, strict=True)):
         out[i] = float(resp == ans + [batch.eos_token_id] or resp == ans)
     return out
+
+
+def env_return(batch: RewardInputs) -> torch.Tensor:
+    """The return each sample's episode earned in its environment (`env_returns`), passed through unchanged.
+
+    >>> b = RewardInputs(response_token_ids=[[5], [6]], response_texts=["", ""], answers=["", ""],
+    ...                  answer_token_ids=[[], []], eos_token_id=1, env_returns=[3.0, -1.0])
+    >>> env_return(b).tolist()
+    [3.0, -1.0]
+    """
+    if batch.env_returns is None:
+        raise ValueError("env_return needs episode returns: set env.task_id in the spec to play an environment")
+    return torch.tensor(batch.env_returns, dtype=torch.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rlplat.rewards.basic import RewardInputs, digit_accuracy, exact_match
+from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact_match
 
 RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
 
@@ -77,4 +77,5 @@ def _short(name: str) -> str:
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "digit_accuracy": digit_accuracy,
     "exact_match": exact_match,
+    "env_return": env_return,
 }

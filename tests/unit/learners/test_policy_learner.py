@@ -257,3 +257,19 @@ def test_kl_convex_lambda_follows_the_spec_schedule(tiny_model_dir: Path) -> Non
     kc = KlConvexConfig(lambda_start=1, lambda_interval=1, restart_at_reincarnation=True)
     learner = _learner(tiny_model_dir, _remix(kl_convex=kc, reincarnation_step=3))
     assert [learner.kl_convex_lambda(t) for t in (2, 3, 4, 5)] == [0.9, 0.8, 1.0, 0.9]
+
+
+def test_single_pass_equals_a_separate_old_logp_recompute(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = []
+    for single in (True, False):
+        monkeypatch.setattr(PolicyLearner, "single_pass", property(lambda self, s=single: s))
+        learner = _learner(tiny_model_dir, AlgorithmConfig(off_policy="tis"))
+        samples = _samples(learner, logp_shift=-0.2)
+        samples[0].policy_versions = [-1] * samples[0].num_response_tokens
+        m = learner.train_step(_batch(samples))
+        results.append((m, {n: p.grad.clone() for n, p in learner.params.items() if p.grad is not None}))
+    (ma, ga), (mb, gb) = results
+    for key in ("loss/policy", "train/tis_weight_mean", "train/off_policy_token_frac", "train/logp_old_vs_behaviour"):
+        assert ma[key] == pytest.approx(mb[key], abs=1e-6), key
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], atol=1e-7, rtol=1e-5)

@@ -1,0 +1,194 @@
+"""`rlplat bench learner`: one GRPO learner step on a Qwen2.5-0.5B-shaped model: tokens/s and MFU.
+
+The model is a Qwen2 with Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864,
+vocabulary 151936, tied embeddings) and random weights, written to a temporary directory and loaded by
+`PolicyLearner` exactly as a training run would (fp32 master weights, bf16 autocast, SDPA attention, fused AdamW).
+The batch is `--num-seqs` sequences of `--seq-len` tokens (a 256-token prompt + response), groups of 8, GRPO
+advantages, one optimizer update per step (so the learner takes log pi_k from the training forward itself).
+
+MFU = 6 * N * tokens / step_time / peak, N = all parameters (494M; with tied embeddings the LM head matmul is
+counted once, the embedding lookup costs nothing), peak = 989e12 (H100 SXM dense bf16). It leaves out attention
+score FLOPs (about 12 * layers * hidden * seq per token, +18% at 2048 tokens), reported as `mfu_with_attention`.
+`step` is the whole `train_step` (batching, forward, backward, AdamW, metrics). `--small` runs a tiny shape on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlplat.bench.common import emit_headline, machine_description, print_table
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+
+
+QWEN25_05B = Shape(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936)
+SMALL = Shape(hidden=128, layers=2, heads=2, kv_heads=2, intermediate=256, vocab=512)
+
+
+def write_model(shape: Shape, out_dir: Path, *, max_len: int) -> int:
+    """Random-weight Qwen2 of `shape` saved in bf16 (half the bytes; the learner upcasts); returns its parameters."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                         num_key_value_heads=shape.kv_heads, max_position_embeddings=max(max_len, 4096),
+                         tie_word_embeddings=True, rope_theta=1e6)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_batch(num_seqs: int, seq_len: int, vocab: int, *, prompt_len: int = 256, group: int = 8):  # -> TrainBatch
+    from rlplat.algos.advantages import grpo_advantages
+    from rlplat.types import FinishReason, Sample, TrainBatch
+
+    rng = random.Random(0)
+    samples = []
+    for i in range(num_seqs):
+        g = i // group
+        s = Sample(group_id=g, sample_index=i % group, prompt_id=g,
+                   prompt_token_ids=[rng.randrange(3, vocab) for _ in range(min(prompt_len, seq_len // 2))])
+        n = seq_len - len(s.prompt_token_ids)
+        s.extend([rng.randrange(3, vocab) for _ in range(n)], [-2.0] * n, 0, FinishReason.LENGTH)
+        s.reward = float(rng.random() < 0.5)
+        samples.append(s)
+    adv = grpo_advantages(torch.tensor([s.reward for s in samples]), torch.tensor([s.group_id for s in samples]))
+    return TrainBatch(samples=samples, advantages=adv.tolist())
+
+
+def measure(model_dir: str, batch, *, budget: int, compile_: bool, fp32_head: bool, steps: int, dtype: str) -> dict:
+    """Build a learner, warm up one step, time `steps` train_steps; returns timings and peak memory."""
+    from rlplat.config import AlgorithmConfig, LearnerConfig
+    from rlplat.learners.policy import PolicyLearner
+
+    cfg = LearnerConfig(lr=1e-6, micro_batch_size_in_tokens=budget, compile=compile_, fp32_lm_head=fp32_head)
+    learner = PolicyLearner(model_dir, cfg, AlgorithmConfig(), dtype=dtype, seed=0)
+    cuda = learner.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t0 = time.perf_counter()
+    learner.train_step(batch)  # warm-up: allocator, kernels, compilation
+    sync()
+    warmup = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        metrics = learner.train_step(batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    del learner
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"step_s": min(times), "step_s_mean": sum(times) / len(times), "warmup_s": warmup, "peak_gib": peak_gib,
+            "loss": metrics["loss/policy"], "grad_norm": metrics["train/grad_norm"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rlplat bench learner", description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="tiny shape and short sequences (CPU smoke run)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 2048; --small 128)")
+    p.add_argument("--num-seqs", type=int, default=None, help="sequences per step (default 32; --small 8)")
+    p.add_argument("--budgets", default=None, help="micro-batch token budgets to try (default 16384,8192)")
+    p.add_argument("--configs", default="amp_head,fp32_head,compile",
+                   help="variants: amp_head (bf16 LM head), fp32_head (fp32 LM head), compile (amp head + torch.compile)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
+    p.add_argument("--time-limit", type=float, default=330.0, help="skip variants that would start after this many s")
+    p.add_argument("--json-out", default=os.environ.get("OUT", ""), help="directory for results.json")
+    args = p.parse_args(argv)
+    shape = SMALL if args.small else QWEN25_05B
+    seq_len = args.seq_len or (128 if args.small else 2048)
+    num_seqs = args.num_seqs or (8 if args.small else 32)
+    budgets = [int(b) for b in (args.budgets or ("512" if args.small else "16384,8192")).split(",")]
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        num_params = write_model(shape, Path(tmp), max_len=seq_len)
+        batch = make_batch(num_seqs, seq_len, shape.vocab)
+        tokens = num_seqs * seq_len
+        print(f"{machine_description()}: {num_params / 1e6:.1f}M params, {num_seqs} x {seq_len} tokens per step, "
+              f"dtype {dtype}", flush=True)
+        results = run_variants(tmp, batch, args, budgets, dtype, start)
+    peak = _peak_flops()
+    attn_flops = 12 * shape.layers * shape.hidden * seq_len / 2  # causal: half the score matrix
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["variant"], r["budget"], "-", "-", "-", "-", "-", r["error"][:60]])
+            continue
+        r["tokens_per_s"] = tokens / r["step_s"]
+        r["mfu"] = 6 * num_params * r["tokens_per_s"] / peak if peak else float("nan")
+        r["mfu_with_attention"] = (6 * num_params + 3 * attn_flops) * r["tokens_per_s"] / peak if peak else float("nan")
+        rows.append([r["variant"], r["budget"], f"{r['step_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.3f}",
+                     f"{r['mfu_with_attention']:.3f}", f"{r['peak_gib']:.1f}", f"warm-up {r['warmup_s']:.1f}s"])
+    print_table(["variant", "budget", "step s", "tokens/s", "MFU", "MFU+attn", "peak GiB", "note"], rows)
+    ok = [r for r in results if "mfu" in r and math.isfinite(r["mfu"])]
+    best = max(ok, key=lambda r: r["mfu"]) if ok else None
+    if args.json_out:
+        Path(args.json_out).mkdir(parents=True, exist_ok=True)
+        (Path(args.json_out) / "results.json").write_text(json.dumps(
+            {"machine": machine_description(), "params": num_params, "tokens_per_step": tokens, "peak": peak,
+             "results": results}, indent=2))
+    if best:
+        print(f"best: {best['variant']} budget {best['budget']}: {best['tokens_per_s']:,.0f} tokens/s, MFU {best['mfu']:.3f}")
+    emit_headline("learner", metric="mfu", value=round(best["mfu"], 4) if best else float("nan"), unit="fraction",
+                  goal=0.4, higher_is_better=True)
+    return 0
+
+
+def run_variants(model_dir: str, batch, args: argparse.Namespace, budgets: list[int], dtype: str, start: float) -> list:
+    """amp_head at every budget first; the other variants at the fastest budget found. Failures are recorded."""
+    variants = {"amp_head": (False, False), "fp32_head": (False, True), "compile": (True, False)}
+    results: list[dict] = []
+    for name in [v.strip() for v in args.configs.split(",") if v.strip()]:
+        compile_, fp32_head = variants[name]
+        timed = [r for r in results if "step_s" in r]
+        todo = budgets if name == "amp_head" or not timed else [min(timed, key=lambda r: r["step_s"])["budget"]]
+        for budget in todo:
+            if time.perf_counter() - start > args.time_limit:
+                results.append({"variant": name, "budget": budget, "error": "skipped: time limit"})
+                continue
+            try:
+                r = measure(model_dir, batch, budget=budget, compile_=compile_, fp32_head=fp32_head,
+                            steps=args.steps, dtype=dtype)
+            except Exception as e:  # OOM or a compile failure: record it and go on with the next variant
+                r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            results.append({"variant": name, "budget": budget, **r})
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def _peak_flops() -> float:
+    if not torch.cuda.is_available():
+        return 0.0
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 989e12)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,385 @@
+"""The agent loop: a language model plays multi-turn episodes in a `TextEnv`, one episode per `Sample`.
+
+An episode's response tokens interleave model turns and environment turns:
+
+    prompt = prompt_template(first observation)
+    response = [model turn 1][env turn 1][model turn 2][env turn 2] ... [model turn k]
+    model turn: generated tokens (loss mask 1, behaviour log-prob, policy version), until EOS or the per-turn budget
+    env turn:   observation_template(observation after the action), tokenised (loss mask 0, log-prob 0.0)
+
+The action text is the decoded model turn (special tokens skipped); the env's renderer parses it, and an
+unparseable reply plays the renderer's default action with the env's invalid-action penalty (never a crash). An
+episode ends when the env says done (finish_reason STOP), after `max_turns` model turns, or when the next env
+turn plus one model token would not fit the token budget (finish_reason LENGTH for both). The observation after
+the last action is never appended: no model token would follow it, so it could not be trained on.
+
+Groups: every seed is played `num_samples_per_seed` times, all episodes of one seed forming one GRPO group (envs
+given equal seeds start from identical states). The whole step's episodes share one `TextEnv` with
+num_envs = seeds x samples; each turn every live episode generates (one batched `generate` per worker) and then
+every live episode steps at once (one `env.step`).
+
+Reward: the episode return R = return_scale * sum over turns of the env reward, where an invalid action's reward
+includes the env's `invalid_action_penalty` (that penalty is the only shaping). It is stored in `sample.reward`,
+where the `env_return` reward term reads it; scoring then replaces `sample.reward` with the combined reward.
+
+Where the env pool lives: in the caller's process (the driver), not in an actor. EnvPool is C++ with its own
+thread pool, a CartPole step costs microseconds, and the loop alternates generate -> step every turn, so an
+EnvActor would only add a Ray round trip per turn. A pool too heavy for the driver (many Atari envs) would move
+into a thin actor exposing the same reset/step.
+
+Tokenizers without whitespace (the tiny char model drops it when encoding): set `replace_whitespace` so that
+rendered observations and templates keep their structure (e.g. grid rows separated by "|"), and use a compact
+renderer (`COMPACT_RENDERERS`) when observations must fit a small context.
+
+No Ray here: workers are anything with `async generate(samples, sampling, policy_version)` (a `RolloutEngine`,
+a `RemoteRolloutWorker`, or a test fake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import envpool
+import numpy as np
+
+from rlplat.config import EnvConfig
+from rlplat.envs.registry import make_text_env
+from rlplat.envs.renderers import KeywordParser, Renderer
+from rlplat.envs.text_env import EnvPoolTextEnv, StepResult, TextEnv
+from rlplat.rollout.engine import SamplingOptions
+from rlplat.types import FinishReason, Group, Sample
+
+
+class TurnWorker(Protocol):
+    """Generates one model turn for each sample: extends it in place, with per-token log-probs and version."""
+
+    async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]: ...
+
+
+class Codec(Protocol):
+    """The model's tokenizer: text <-> token ids (no special tokens added; decode skips them)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeBudget:
+    max_turns: int  # model turns per episode
+    max_new_tokens_per_turn: int  # tokens one model turn may generate (EOS ends it earlier)
+    max_response_tokens: int  # model + env tokens after the prompt, per episode
+    max_context_tokens: int | None = None  # the model's context: prompt + response never exceeds it
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_new_tokens_per_turn", "max_response_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeFormat:
+    """How observations become text around the model's turns. Templates take {observation} and {action_help}."""
+
+    prompt_template: str = "{action_help}\n{observation}\n"  # the first observation, as the prompt
+    observation_template: str = "\n{observation}\n"  # every later observation, after the model's turn
+    replace_whitespace: str | None = None  # replace each whitespace run of the final text by this (None: keep)
+    return_scale: float = 1.0  # sample reward = return_scale * episode return
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_template", "observation_template"):
+            if "{observation}" not in getattr(self, name):
+                raise ValueError(f"{name} must contain {{observation}}")
+
+    def prompt(self, observation: str, action_help: str) -> str:
+        return self._clean(self.prompt_template.format(observation=observation, action_help=action_help))
+
+    def env_turn(self, observation: str, action_help: str) -> str:
+        return self._clean(self.observation_template.format(observation=observation, action_help=action_help))
+
+    def _clean(self, text: str) -> str:
+        return text if self.replace_whitespace is None else _WHITESPACE.sub(self.replace_whitespace, text)
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(slots=True)
+class Episode:
+    """Driver-side record of one episode: its sample and what the env has said so far."""
+
+    sample: Sample
+    env_id: int
+    seed: int
+    env_return: float = 0.0  # sum of env rewards, penalties included, unscaled
+    num_turns: int = 0
+    num_invalid_actions: int = 0
+    env_done: bool = False  # the env ended the episode (terminated or truncated by its step limit)
+    turn_start: int = 0  # index in the response where the current model turn starts
+
+
+@dataclass(slots=True)
+class EpisodeBatch:
+    """One step's episodes, grouped by seed, and their metrics ("env/..." and "time/env_s")."""
+
+    groups: list[Group]
+    episodes: list[Episode]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+async def play_episodes(
+    env: TextEnv,
+    workers: Sequence[TurnWorker],
+    codec: Codec,
+    *,
+    seeds: Sequence[int],
+    num_samples_per_seed: int,
+    first_group_id: int,
+    budget: EpisodeBudget,
+    fmt: EpisodeFormat,
+    sampling: SamplingOptions,
+    policy_version: int,
+) -> EpisodeBatch:
+    """Play `num_samples_per_seed` episodes from each seed to the end (env done, turn or token budget).
+
+    env.num_envs must equal len(seeds) * num_samples_per_seed. `sampling.max_new_tokens` is ignored (the budget
+    says how many tokens each turn may take). Group k holds the episodes of seeds[k]; its id is first_group_id + k,
+    its prompt_id the seed. Returns the groups with `sample.reward` set to the scaled episode return.
+    """
+    if not workers:
+        raise ValueError("play_episodes needs at least one worker")
+    if env.num_envs != len(seeds) * num_samples_per_seed:
+        raise ValueError(f"env has {env.num_envs} envs; {len(seeds)} seeds x {num_samples_per_seed} samples need "
+                         f"{len(seeds) * num_samples_per_seed}")
+    clock = _Clock()
+    codec = _MemoCodec(codec)
+    with clock:
+        env_seeds = [int(s) for s in seeds for _ in range(num_samples_per_seed)]
+        first = env.reset(env_seeds)
+        prompts = [codec.encode(fmt.prompt(obs, env.spec.action_help)) for obs in first]
+    episodes = [
+        Episode(sample=Sample(group_id=first_group_id + i // num_samples_per_seed,
+                              sample_index=i % num_samples_per_seed, prompt_id=seed, prompt_token_ids=prompt),
+                env_id=i, seed=seed)
+        for i, (seed, prompt) in enumerate(zip(env_seeds, prompts, strict=True))
+    ]
+    for ep in episodes:
+        if _tokens_left(ep, budget) < 1:
+            raise ValueError(f"the prompt of episode {ep.env_id} ({len(ep.sample.prompt_token_ids)} tokens) leaves no "
+                             f"room for a model turn within the context of {budget.max_context_tokens} tokens")
+    live = episodes
+    while live:
+        await _model_turn(live, workers, budget, sampling, policy_version, num_samples_per_seed)
+        live = _env_turn(env, live, codec, budget, fmt, policy_version, clock)
+    for ep in episodes:
+        ep.sample.reward = fmt.return_scale * ep.env_return
+        ep.sample.validate()
+    groups = [Group(group_id=first_group_id + k, prompt_id=int(seed),
+                    samples=[ep.sample for ep in episodes[k * num_samples_per_seed:(k + 1) * num_samples_per_seed]])
+              for k, seed in enumerate(seeds)]
+    return EpisodeBatch(groups=groups, episodes=episodes, metrics=episode_metrics(episodes) | {"time/env_s": clock.s})
+
+
+async def _model_turn(live: list[Episode], workers: Sequence[TurnWorker], budget: EpisodeBudget,
+                      sampling: SamplingOptions, version: int, group_size: int) -> None:
+    """One turn for every live episode: requests carry the context so far as their prompt, so each generates
+    only this turn's tokens. A group stays on one worker (its prefix cache). Requests are batched per worker and
+    per token cap (the cap is below max_new_tokens_per_turn only where the episode's token budget is nearly spent)."""
+    calls: dict[tuple[int, int], list[tuple[Episode, Sample]]] = {}
+    for ep in live:
+        s = ep.sample
+        request = Sample(group_id=s.group_id, sample_index=s.sample_index, prompt_id=s.prompt_id,
+                         prompt_token_ids=s.prompt_token_ids + s.response_token_ids)
+        cap = min(budget.max_new_tokens_per_turn, _tokens_left(ep, budget))
+        calls.setdefault(((ep.env_id // group_size) % len(workers), cap), []).append((ep, request))
+    batches = list(calls.items())
+    outs = await asyncio.gather(*(
+        workers[w].generate([r for _, r in pairs], _with_budget(sampling, cap), version)
+        for (w, cap), pairs in batches))
+    for ((_, cap), pairs), out in zip(batches, outs, strict=True):
+        if len(out) != len(pairs):
+            raise RuntimeError(f"worker returned {len(out)} samples for {len(pairs)} requests")
+        by_key = {(r.group_id, r.sample_index): r for r in out}
+        for ep, request in pairs:
+            done = by_key[(request.group_id, request.sample_index)]
+            tokens = done.response_token_ids[:cap]  # a worker must not exceed the cap; never let it break the budget
+            ep.turn_start = ep.sample.num_response_tokens
+            versions = done.policy_versions[:len(tokens)]  # per token: weights may change mid-request
+            ep.sample.extend(tokens, done.logp_behaviour[:len(tokens)], versions, FinishReason.PENDING)
+
+
+def _env_turn(env: TextEnv, live: list[Episode], codec: Codec, budget: EpisodeBudget, fmt: EpisodeFormat,
+              version: int, clock: _Clock) -> list[Episode]:
+    """Step every live episode with its last model turn; append the next observation to those that go on."""
+    with clock:
+        actions = [codec.decode(ep.sample.response_token_ids[ep.turn_start:]) for ep in live]
+        results = env.step([ep.env_id for ep in live], actions)
+    still_live = []
+    for ep, result in zip(live, results, strict=True):
+        _record(ep, result)
+        if ep.env_done or ep.num_turns >= budget.max_turns:
+            ep.sample.finish_reason = FinishReason.STOP if ep.env_done else FinishReason.LENGTH
+            continue
+        with clock:
+            obs_ids = codec.encode(fmt.env_turn(result.observation, env.spec.action_help))
+        if _tokens_left(ep, budget) < len(obs_ids) + 1:  # no room for the observation and one model token
+            ep.sample.finish_reason = FinishReason.LENGTH
+            continue
+        _append_env_tokens(ep.sample, obs_ids, version)
+        still_live.append(ep)
+    return still_live
+
+
+def _record(ep: Episode, result: StepResult) -> None:
+    ep.env_return += result.reward
+    ep.num_turns += 1
+    ep.num_invalid_actions += result.invalid_action
+    ep.env_done = result.done
+
+
+def _append_env_tokens(sample: Sample, token_ids: list[int], version: int) -> None:
+    """Env tokens: loss mask 0 and log-prob 0.0 (`Sample.extend` is for model tokens only)."""
+    sample.response_token_ids.extend(token_ids)
+    sample.logp_behaviour.extend([0.0] * len(token_ids))
+    sample.policy_versions.extend([version] * len(token_ids))
+    sample.loss_mask.extend([0] * len(token_ids))
+
+
+def _tokens_left(ep: Episode, budget: EpisodeBudget) -> int:
+    left = budget.max_response_tokens - ep.sample.num_response_tokens
+    if budget.max_context_tokens is not None:
+        left = min(left, budget.max_context_tokens - len(ep.sample.prompt_token_ids) - ep.sample.num_response_tokens)
+    return left
+
+
+def _with_budget(sampling: SamplingOptions, max_new_tokens: int) -> SamplingOptions:
+    return SamplingOptions(max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Means over episodes: return (unscaled), length in turns, invalid actions per turn, and the share of
+    episodes the env ended (the rest hit a turn or token budget); model tokens per response token."""
+    n = max(len(episodes), 1)
+    turns = sum(ep.num_turns for ep in episodes)
+    response = sum(ep.sample.num_response_tokens for ep in episodes)
+    return {
+        "env/episode_return_mean": sum(ep.env_return for ep in episodes) / n,
+        "env/episode_length_turns_mean": turns / n,
+        "env/invalid_action_rate": sum(ep.num_invalid_actions for ep in episodes) / max(turns, 1),
+        "env/env_done_rate": sum(ep.env_done for ep in episodes) / n,
+        "env/model_token_share": sum(sum(ep.sample.loss_mask) for ep in episodes) / max(response, 1),
+        "env/num_episodes": float(len(episodes)),
+    }
+
+
+class _MemoCodec:
+    """Remembers encodings and decodings for one call of play_episodes: a tokenizer call costs ~80 us, and
+    observations and short actions repeat a lot (a compact CartPole observation has 361 possible texts)."""
+
+    def __init__(self, codec: Codec) -> None:
+        self._codec = codec
+        self._encoded: dict[str, list[int]] = {}
+        self._decoded: dict[tuple[int, ...], str] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._encoded.get(text)
+        if ids is None:
+            ids = self._encoded[text] = self._codec.encode(text)
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        key = tuple(ids)
+        text = self._decoded.get(key)
+        if text is None:
+            text = self._decoded[key] = self._codec.decode(ids)
+        return text
+
+
+class _Clock:
+    """Accumulates the seconds spent inside `with clock:` blocks (env, render, parse, tokenise observations)."""
+
+    def __init__(self) -> None:
+        self.s = 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.s += time.perf_counter() - self._t0
+
+
+# ------------------------------------------------------------------------------------------------ from the spec
+def make_episode_env(cfg: EnvConfig, num_envs: int) -> EnvPoolTextEnv:
+    """The text env of `cfg.task_id` with `cfg.renderer`, in EnvPool's sync mode (every live episode steps at
+    once). Raises ValueError, naming close matches, for a task id EnvPool does not know or without a renderer."""
+    kwargs: dict[str, Any] = {"seed": cfg.seed, "max_episode_steps": cfg.max_episode_steps,
+                              "invalid_action_penalty": cfg.invalid_action_penalty, "num_threads": cfg.num_threads}
+    if cfg.renderer == "default":
+        return make_text_env(cfg.task_id, num_envs, **kwargs)
+    known = envpool.list_all_envs()
+    if cfg.task_id not in known:
+        raise ValueError(f"unknown EnvPool task id {cfg.task_id!r}{_suggest(cfg.task_id, known)}")
+    if cfg.task_id not in COMPACT_RENDERERS:
+        raise ValueError(f"no compact renderer for {cfg.task_id!r}{_suggest(cfg.task_id, list(COMPACT_RENDERERS))}; "
+                         f"tasks with one: {', '.join(sorted(COMPACT_RENDERERS))} (or use renderer: default)")
+    return EnvPoolTextEnv(cfg.task_id, num_envs, renderer=COMPACT_RENDERERS[cfg.task_id](), **kwargs)
+
+
+def episode_format(cfg: EnvConfig) -> EpisodeFormat:
+    return EpisodeFormat(prompt_template=cfg.prompt_template, observation_template=cfg.observation_template,
+                         replace_whitespace=cfg.replace_whitespace, return_scale=cfg.return_scale)
+
+
+def episode_budget(cfg: EnvConfig, max_response_tokens: int, max_context_tokens: int | None) -> EpisodeBudget:
+    return EpisodeBudget(max_turns=cfg.max_turns, max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
+                         max_response_tokens=max_response_tokens, max_context_tokens=max_context_tokens)
+
+
+def _suggest(task_id: str, candidates: list[str]) -> str:
+    matches = difflib.get_close_matches(task_id, candidates, n=5, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+# ------------------------------------------------------------------------------------------------ compact renderers
+class CompactCartPoleRenderer:
+    """CartPole in 4 characters, for models with a tiny context: the pole angle in units of 0.02 rad and the pole
+    angular velocity in units of 0.2 rad/s, each rounded and clipped to a signed digit: "+3-1" is
+    angle ~ +0.06 rad, angular velocity ~ -0.2 rad/s. The cart's position and velocity are left out: they matter
+    only after ~100 balanced steps, beyond what a 128-token context holds. Actions: l / left = 0, r / right = 1
+    (whole words, case-insensitive, as `KeywordParser`).
+
+    >>> r = CompactCartPoleRenderer()
+    >>> r.render(np.array([0.5, 0.1, 0.061, -0.23]), {})
+    '+3-1'
+    >>> r.parse_action("R"), r.parse_action("left"), r.parse_action("x")
+    (1, 0, None)
+    """
+
+    default_action: int = 0
+    action_help: str = "l or r"
+
+    def __init__(self) -> None:
+        self._parse = KeywordParser({"left": 0, "right": 1, "l": 0, "r": 1})
+
+    def render(self, obs: Any, info: Any) -> str:
+        _, _, theta, theta_dot = np.asarray(obs).tolist()
+        return f"{_signed_digit(theta / 0.02)}{_signed_digit(theta_dot / 0.2)}"
+
+    def parse_action(self, text: str) -> int | None:
+        return self._parse(text)
+
+
+def _signed_digit(x: float) -> str:
+    return f"{max(-9, min(9, round(x))):+d}"
+
+
+COMPACT_RENDERERS: dict[str, Callable[[], Renderer]] = {
+    "CartPole-v0": CompactCartPoleRenderer,
+    "CartPole-v1": CompactCartPoleRenderer,
+}

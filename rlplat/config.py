@@ -207,7 +207,8 @@ def _check_remix(algo: AlgorithmConfig) -> None:
     _check(algo.policy_loss == "ppo",
            f"remix needs policy_loss 'ppo' (Mix-PPG is a clipped objective); got {algo.policy_loss!r}")
     _check(algo.off_policy == "all",
-           f"off_policy {algo.off_policy!r} does not apply with remix (Mix-PPG corrects stale tokens itself); use 'all'")
+           f"off_policy {algo.off_policy!r} does not apply with remix (Mix-PPG corrects stale tokens itself); "
+           "use 'all'")
     _check(algo.num_updates_per_batch == 1, "with remix, set remix.update_to_data instead of num_updates_per_batch")
     _check(algo.kl_coef == 0, "with remix, the KL term is remix.kl_convex.coef (set kl_coef to 0)")
 
@@ -221,9 +222,11 @@ class RewardTerm:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RewardConfig:
     terms: tuple[RewardTerm, ...] = (RewardTerm(name="digit_accuracy"),)
+    timeout_s: float = 60.0  # time limit per reward function call (a user's function may hang)
 
     def __post_init__(self) -> None:
         _check(len(self.terms) >= 1, "terms must name at least one reward")
+        _check(self.timeout_s > 0, "timeout_s must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -288,6 +291,10 @@ class ClusterConfig:
     address: str = "auto"  # "auto": attach to a running Ray cluster if there is one, else start a local one
     num_cpus: int = 8  # logical CPUs for a local Ray (TransferQueue actors each ask for one)
     dashboard_host: str = "127.0.0.1"
+    call_timeout_s: float = 600.0  # deadline for any one remote call (a generation batch, a train step, a sync)
+
+    def __post_init__(self) -> None:
+        _check(self.call_timeout_s > 0, "call_timeout_s must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -296,6 +303,8 @@ class TrackingConfig:
     experiment_name: str = "rlplat"
     log_samples_every_steps: int = 10
     num_logged_samples: int = 8
+    system_metrics_interval_s: float = 10.0  # 0 disables CPU/memory/GPU system metrics
+    registered_model_name: str = ""  # the final policy is registered under this name ("" = experiment.name)
 
     def __post_init__(self) -> None:
         _check(self.log_samples_every_steps >= 1, "log_samples_every_steps must be >= 1")

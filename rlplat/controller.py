@@ -30,7 +30,7 @@ from rlplat.envs.text_env import EnvPoolTextEnv
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.rewards.basic import RewardInputs
-from rlplat.rewards.registry import combined_reward, load_reward
+from rlplat.rewards.registry import RewardError, combined_reward, load_reward
 from rlplat.rollout.engine import EngineOptions, SamplingOptions
 from rlplat.tracking import Tracker
 from rlplat.types import Group, Sample, TrainBatch
@@ -50,6 +50,8 @@ class RunResult:
 class Workers:
     rollout: list  # RolloutActor handles
     learner: object  # LearnerActor handle
+    call_timeout_s: float = 600.0
+    num_restarts: int = 0  # rollout actors restarted and re-synced during the run
 
 
 class Tokens:
@@ -127,11 +129,13 @@ def start_workers(cfg: RunConfig, context_len: int) -> Workers:
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         enforce_eager=cfg.rollout.enforce_eager,
     )
-    rollout = [RolloutActor.remote(options) for _ in range(cfg.rollout.num_workers)]
+    tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators (and tests) find them
+    rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}").remote(options)
+               for i in range(cfg.rollout.num_workers)]
     learner = LearnerActor.remote(str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm,
                                   dtype=cfg.model.dtype, seed=cfg.experiment.seed, lora=cfg.model.lora)
     ray.get([w.start.remote() for w in rollout])
-    return Workers(rollout=rollout, learner=learner)
+    return Workers(rollout=rollout, learner=learner, call_timeout_s=cfg.cluster.call_timeout_s)
 
 
 # --------------------------------------------------------------------------------------------------------- phases
@@ -147,16 +151,54 @@ def make_groups(problems: list[Problem], tokens: Tokens, num_samples: int, first
 
 
 def generate(workers: Workers, groups: list[Group], sampling: SamplingOptions, version: int) -> list[Group]:
-    """Spread whole groups over the rollout actors round-robin and wait for all of them."""
-    shards = [groups[i :: len(workers.rollout)] for i in range(len(workers.rollout))]
-    refs = [w.generate.remote([s for g in shard for s in g.samples], sampling, version)
-            for w, shard in zip(workers.rollout, shards, strict=True) if shard]
+    """Spread whole groups over the rollout actors round-robin and wait for all of them.
+
+    If a rollout actor dies mid-generation, Ray restarts it; the restarted engine gets the current weights and
+    the step's groups are issued again (the driver still holds them as they were), so no group is lost.
+    """
+    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+        shards = [groups[i :: len(workers.rollout)] for i in range(len(workers.rollout))]
+        refs = [w.generate.remote([s for g in shard for s in g.samples], sampling, version)
+                for w, shard in zip(workers.rollout, shards, strict=True) if shard]
+        try:
+            results = get(refs, "rollout", workers.call_timeout_s)
+            break
+        except ray.exceptions.RayActorError as e:
+            if attempt == MAX_ROLLOUT_RETRIES:
+                raise
+            log.warning("a rollout worker died mid-generation (%s); re-issuing %d groups", type(e).__name__,
+                        len(groups))
+            recover_rollout_workers(workers, version)
     by_group: dict[int, list[Sample]] = {}
-    for samples in ray.get(refs):
+    for samples in results:
         for s in samples:
             by_group.setdefault(s.group_id, []).append(s)
     return [Group(group_id=g.group_id, prompt_id=g.prompt_id,
                   samples=sorted(by_group[g.group_id], key=lambda s: s.sample_index)) for g in groups]
+
+
+MAX_ROLLOUT_RETRIES = 3
+
+
+def get(refs, phase: str, timeout_s: float):
+    """ray.get with a deadline; a call that exceeds it is reported with its phase instead of hanging."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{phase}: remote call did not finish within {timeout_s:.0f} s "
+                           f"(cluster.call_timeout_s); the actor may be hung") from None
+
+
+def recover_rollout_workers(workers: Workers, version: int) -> int:
+    """Wait for restarted rollout actors and load the current weights into any engine that lost them."""
+    payload, resynced = None, 0
+    for w in workers.rollout:
+        if get(w.loaded_version.remote(), "rollout restart", workers.call_timeout_s) != version:
+            payload = payload or workers.learner.weights_bytes.remote()
+            get(w.load_weights.remote(payload, version), "weight sync after restart", workers.call_timeout_s)
+            resynced += 1
+    workers.num_restarts += resynced
+    return resynced
 
 
 def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None, cursor: PromptCursor, tokens: Tokens,
@@ -167,13 +209,23 @@ def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None,
     With `env` (env.task_id set): N groups of env episodes instead, and env metrics."""
     if env is not None:
         return play_episodes_step(cfg, workers, env, tokens, sampling, step, version)
-    def fresh(k: int) -> list[Group]:  # called at most once per step, so group ids stay unique
-        return make_groups(cursor.take(k), tokens, cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000)
+    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+        first_id = step * 1_000_000 + attempt * 100_000  # fresh() runs at most once per attempt: ids stay unique
 
-    if april is None:
-        return generate(workers, fresh(cfg.rollout.num_prompts_per_step), sampling, version), {}
-    result = april.collect(cfg.rollout.num_prompts_per_step, fresh, sampling, version)
-    return result.groups, result.metrics
+        def fresh(k: int, first_id: int = first_id) -> list[Group]:
+            return make_groups(cursor.take(k), tokens, cfg.rollout.num_samples_per_prompt, first_group_id=first_id)
+
+        if april is None:
+            return generate(workers, fresh(cfg.rollout.num_prompts_per_step), sampling, version), {}
+        try:
+            result = april.collect(cfg.rollout.num_prompts_per_step, fresh, sampling, version)
+            return result.groups, result.metrics
+        except ray.exceptions.RayActorError as e:  # APRIL put every group back in its buffer
+            if attempt == MAX_ROLLOUT_RETRIES:
+                raise
+            log.warning("a rollout worker died mid-step (%s); its groups wait in the partial buffer", type(e).__name__)
+            recover_rollout_workers(workers, version)
+    raise AssertionError("unreachable")
 
 
 def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, float]:
@@ -187,7 +239,8 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, floa
         eos_token_id=tokens.eos_token_id,
         env_returns=[s.reward or 0.0 for s in samples] if cfg.env.task_id else None,  # set by play_episodes
     )
-    rewards, metrics = combined_reward([(t.name, t.weight) for t in cfg.reward.terms], inputs)
+    rewards, metrics = combined_reward([(t.name, t.weight) for t in cfg.reward.terms], inputs,
+                                       timeout_s=cfg.reward.timeout_s)
     for s, r in zip(samples, rewards.tolist(), strict=True):
         s.reward = r
     return metrics
@@ -205,11 +258,24 @@ def make_batch(cfg: RunConfig, groups: list[Group]) -> TrainBatch:
     return TrainBatch(samples=samples, advantages=adv.tolist())
 
 
+def train_on(cfg: RunConfig, workers: Workers, batch: TrainBatch, step: int) -> dict[str, float]:
+    """One learner step. A learner failure stops the run, pointing at the checkpoint to resume from."""
+    try:
+        return get(workers.learner.train_step.remote(batch), "train", workers.call_timeout_s)
+    except ray.exceptions.RayActorError as e:
+        latest = ck.latest(ck.checkpoint_root(cfg.output_dir))
+        where = f"resume from {latest} with `rlplat train SPEC --resume`" if latest else "no checkpoint was written yet"
+        raise RuntimeError(f"the learner failed at step {step} ({type(e).__name__}); {where}") from e
+
+
 def sync_weights(workers: Workers, version: int) -> None:
     """Learner weights -> every engine, in place (tokens generated from then on carry `version`).
     The bytes travel once through Ray's object store; generation may keep running meanwhile."""
     payload = workers.learner.weights_bytes.remote()
-    ray.get([w.load_weights.remote(payload, version) for w in workers.rollout])
+    try:
+        get([w.load_weights.remote(payload, version) for w in workers.rollout], "weight sync", workers.call_timeout_s)
+    except ray.exceptions.RayActorError:
+        recover_rollout_workers(workers, version)  # a rollout actor died: it comes back with these weights
 
 
 def start_producer(cfg: RunConfig, workers: Workers, produce, *, first_batch: int = 0,
@@ -381,7 +447,10 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
             groups, produced = rollout_step(cfg, workers, april, cursor, tokens, sampling, batch_index + 1,
                                             policy_version, env=env)
             t_scored = time.perf_counter()
-            produced |= score(cfg, groups, tokens)
+            try:
+                produced |= score(cfg, groups, tokens)
+            except RewardError as e:  # keep the step's samples: a fixed reward can score them later
+                raise RewardError(f"{e}; the step's samples are saved in {save_unscored(cfg, batch_index + 1, groups)}") from e
             return groups, produced | rollout_metrics(groups, t_scored - t_start) | {
                 "time/generate_s": t_scored - t_start, "time/reward_s": time.perf_counter() - t_scored}
 
@@ -395,7 +464,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
             replayed = replay.sample(step, version, len(groups))
             batch = make_batch(cfg, groups + replayed)
             t2 = time.perf_counter()
-            metrics |= ray.get(workers.learner.train_step.remote(batch))
+            metrics |= train_on(cfg, workers, batch, step)
             t3 = time.perf_counter()
             sync_weights(workers, version + 1)
             replay.add(version, groups)
@@ -404,7 +473,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
                 producer.set_learner_version(version)
                 metrics |= async_metrics(producer, groups, version)
             t4 = time.perf_counter()
-            metrics |= {"replay/num_groups": float(len(replayed))}
+            metrics |= {"replay/num_groups": float(len(replayed)), "faults/rollout_restarts": float(workers.num_restarts)}
             # time/rollout_s: how long the learner waited for this batch (all of rollout + reward when synchronous)
             metrics |= {"time/rollout_s": t1 - t0, "time/make_batch_s": t2 - t1, "time/train_s": t3 - t2,
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
@@ -426,6 +495,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
         final_dir = cfg.output_dir / "final_model"
         ray.get(workers.learner.save.remote(str(final_dir.resolve())))
         tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))
+        final_metrics = {k: v[-1][1] for k, v in tracker.history.items() if k.startswith(("eval/", "rollout/reward"))}
+        tracker.register_model(final_dir, cfg.tracking.registered_model_name or cfg.experiment.name, final_metrics)
         tracker.log_reward_curve()
         status = "FINISHED"
     finally:
@@ -485,6 +556,17 @@ def restore_checkpoint(resumed: tuple[Path, ck.DriverState], workers: Workers, c
     sync_weights(workers, state.policy_version)
     log.info("resumed from %s at step %d (policy version %d)", path, state.step, state.policy_version)
     return state.policy_version
+
+
+def save_unscored(cfg: RunConfig, step: int, groups: list[Group]) -> Path:
+    """Pickle a step's generated groups when scoring them failed, so no generated work is lost."""
+    import pickle
+
+    path = cfg.output_dir / "unscored" / f"step_{step:06d}.pkl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(groups, f)
+    return path
 
 
 def record_trained(cfg: RunConfig, step: int, groups: list[Group]) -> None:

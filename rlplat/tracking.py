@@ -40,6 +40,14 @@ class Tracker:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._system = None
+        if cfg.tracking.system_metrics_interval_s > 0:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # CPU, memory, disk, network and (when present) GPU utilisation, sampled in a background thread.
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=cfg.tracking.system_metrics_interval_s,
+                                                resume_logging=run_id is not None, tracking_uri=self.uri)
+            self._system.start()
 
     def _log_spec(self, cfg: RunConfig) -> None:
         from mlflow.entities import Param
@@ -95,5 +103,21 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def register_model(self, local_dir: Path, name: str, metrics: dict[str, float]) -> str:
+        """Log the final policy (or LoRA adapter) directory and register it as a new version of model `name`."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.log_artifacts(self.run_id, str(local_dir), "model")
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # already registered: add a version
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/model"
+        version = self.client.create_model_version(name, source, run_id=self.run_id,
+                                                   tags={k: f"{v:.6g}" for k, v in metrics.items()})
+        return str(version.version)
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._system is not None:
+            self._system.finish()
         self.client.set_terminated(self.run_id, status=status)

@@ -1,6 +1,12 @@
-"""RolloutActor: one vLLM engine per actor (async actor: generation, abort and weight loads interleave)."""
+"""RolloutActor: one vLLM engine per actor (async actor: generation, abort and weight loads interleave).
+
+Ray restarts a killed RolloutActor (`max_restarts`); the new process starts its engine on the first call and
+reports `loaded_version() is None`, so the controller knows to push the current weights before it serves.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import ray
 
@@ -8,28 +14,47 @@ from rlplat.rollout.engine import EngineOptions, RolloutEngine, SamplingOptions
 from rlplat.types import Sample
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
 class RolloutActor:
     def __init__(self, options: EngineOptions) -> None:
         self.engine = RolloutEngine(options)
+        self._starting: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.engine.start()
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self.engine.start())
+        await self._starting
+
+    async def loaded_version(self) -> int | None:
+        """The policy version of the engine's weights; None for a fresh (or restarted) actor."""
+        await self.start()
+        return self.engine.loaded_version
 
     async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]:
+        await self.start()
         return await self.engine.generate(samples, sampling, policy_version)
 
     async def abort(self) -> int:
+        if self.engine.engine is None:
+            return 0
         return await self.engine.abort()
 
     async def load_weights(self, payload: bytes, version: int | None = None) -> None:
+        await self.start()
         await self.engine.load_weights(payload, version)
 
     async def score(self, token_ids: list[int]) -> list[float]:
+        await self.start()
         return await self.engine.score(token_ids)
 
     async def rpc(self, method: str, *args: object) -> object:
+        await self.start()
         return await self.engine.rpc(method, *args)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def shutdown(self) -> None:
         self.engine.shutdown()

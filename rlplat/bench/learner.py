@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-seqs", type=int, default=None, help="sequences per step (default 32; --small 8)")
     p.add_argument("--budgets", default=None, help="micro-batch token budgets to try (default 16384,8192)")
     p.add_argument("--configs", default="amp_head,fp32_head,compile",
-                   help="variants: amp_head (bf16 LM head), fp32_head (fp32 LM head), compile (amp head + torch.compile)")
+                   help="variants: amp_head (bf16 LM head), fp32_head (fp32 LM head), "
+                        "compile (amp head + torch.compile)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
     p.add_argument("--time-limit", type=float, default=330.0, help="skip variants that would start after this many s")
     p.add_argument("--json-out", default=os.environ.get("OUT", ""), help="directory for results.json")
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             {"machine": machine_description(), "params": num_params, "tokens_per_step": tokens, "peak": peak,
              "results": results}, indent=2))
     if best:
-        print(f"best: {best['variant']} budget {best['budget']}: {best['tokens_per_s']:,.0f} tokens/s, MFU {best['mfu']:.3f}")
+        print(f"best: {best['variant']} budget {best['budget']}: {best['tokens_per_s']:,.0f} tokens/s, "
+              f"MFU {best['mfu']:.3f}")
     emit_headline("learner", metric="mfu", value=round(best["mfu"], 4) if best else float("nan"), unit="fraction",
                   goal=0.4, higher_is_better=True)
     return 0

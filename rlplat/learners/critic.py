@@ -79,7 +79,8 @@ class Critic:
             rets.append(ret)
         if cfg.whiten and tokens > 1:
             advs = _whiten_all(advs, [mb.resp_mask for mb in micro])
-        metrics = {"critic/value_old_mean": _masked_mean(values, micro), "critic/return_mean": _masked_mean(rets, micro)}
+        metrics = {"critic/value_old_mean": _masked_mean(values, micro),
+                   "critic/return_mean": _masked_mean(rets, micro)}
         if cfg.kl_in_reward_coef > 0:
             metrics["train/kl_in_reward"] = kl_sum / max(tokens, 1.0)
         return advs, rets, values, metrics

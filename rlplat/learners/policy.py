@@ -159,7 +159,9 @@ class PolicyLearner:
         in_reward_kl = a.gae is not None and a.gae.kl_in_reward_coef > 0  # needs log pi_k before the update
         return a.num_updates == 1 and not a.remix.enabled and not in_reward_kl and not self._dropout
 
-    def prepare(self, micro: list[MicroBatch], *, recompute_old: bool = True) -> tuple[list[Prepared], dict[str, float]]:
+    def prepare(
+        self, micro: list[MicroBatch], *, recompute_old: bool = True
+    ) -> tuple[list[Prepared], dict[str, float]]:
         """The no-grad pass before the updates: old/ref/prev log-probs, advantages, off-policy treatment."""
         with torch.no_grad():
             logp_old = [self._logp(mb) if recompute_old else None for mb in micro]

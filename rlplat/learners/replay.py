@@ -49,6 +49,16 @@ class ReplayBuffer:
         for v in [v for v in self._by_version if v <= version - self.window]:
             del self._by_version[v]
 
+    def state(self) -> dict[str, object]:
+        """Everything needed to resume sampling exactly (for checkpoints): held groups and both RNG states."""
+        return {"by_version": {v: list(g) for v, g in self._by_version.items()},
+                "generator": self._generator.get_state(), "rng": self._rng.getstate()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self._by_version = {int(v): list(g) for v, g in state["by_version"].items()}  # type: ignore[union-attr]
+        self._generator.set_state(state["generator"])  # type: ignore[arg-type]
+        self._rng.setstate(state["rng"])  # type: ignore[arg-type]
+
     def num_replay_groups(self, num_fresh_groups: int) -> int:
         """round(G * p / (1 - p)): replayed groups are a share p of the batch's groups."""
         p = self.cfg.p_off_policy

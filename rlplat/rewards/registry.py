@@ -7,6 +7,8 @@ raises or returns the wrong shape fails with a message naming the function; the 
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,22 +45,34 @@ def load_reward(name: str) -> RewardFn:
     return fn
 
 
-def combined_reward(terms: Sequence[tuple[str, float]], batch: RewardInputs) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k w_k * r_k(batch) -> ([B] f32, {"reward/<name>": mean}); raises RewardError naming a failing term."""
+def combined_reward(
+    terms: Sequence[tuple[str, float]], batch: RewardInputs, *, timeout_s: float | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k w_k * r_k(batch) -> ([B] f32, {"reward/<name>": mean}); raises RewardError naming a failing term.
+
+    timeout_s: each function's time limit; one that runs longer is reported by name (its thread is abandoned:
+    Python cannot stop a running function, so a truly stuck user function keeps one idle thread).
+    """
     total = torch.zeros(len(batch))
     metrics: dict[str, float] = {}
     for name, weight in terms:
-        values = _call(name, load_reward(name), batch)
+        values = _call(name, load_reward(name), batch, timeout_s)
         total += weight * values
         metrics[f"reward/{_short(name)}"] = float(values.mean()) if len(values) else 0.0
     return total, metrics
 
 
-def _call(name: str, fn: RewardFn, batch: RewardInputs) -> torch.Tensor:
+def _call(name: str, fn: RewardFn, batch: RewardInputs, timeout_s: float | None = None) -> torch.Tensor:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{_short(name)}")
     try:
-        out = fn(batch)
+        out = pool.submit(fn, batch).result(timeout=timeout_s)
+    except FuturesTimeout:
+        raise RewardError(f"reward function {name!r} exceeded its time limit of {timeout_s:g} s "
+                          "(reward.timeout_s)") from None
     except Exception as e:
         raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
+    finally:
+        pool.shutdown(wait=False)
     try:
         values = torch.as_tensor(out, dtype=torch.float32).detach().cpu()
     except Exception as e:

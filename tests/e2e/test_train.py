@@ -62,3 +62,15 @@ def test_engine_weights_equal_learner_after_sync(grpo_run) -> None:
     run = MlflowClient(result.tracking_uri).get_run(result.run_id)
     assert run.data.metrics["sync/checksum_match"] == 1.0
     assert run.data.metrics["sync/max_logp_diff"] < 1e-4
+
+
+def test_final_policy_registered_with_metrics_and_system_metrics_logged(grpo_run) -> None:
+    cfg, result = grpo_run
+    client = MlflowClient(result.tracking_uri)
+    versions = client.search_model_versions(f"name='{cfg.experiment.name}'")
+    assert [v.run_id for v in versions] == [result.run_id]
+    assert "eval/exact_match" in versions[0].tags
+    assert {a.path for a in client.list_artifacts(result.run_id, "model")} >= {"model/config.json",
+                                                                             "model/model.safetensors"}
+    metrics = client.get_run(result.run_id).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)

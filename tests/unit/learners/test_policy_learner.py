@@ -227,7 +227,8 @@ def test_remix_ratio_is_to_the_behaviour_policy_on_stale_tokens(tiny_model_dir: 
 
 
 def test_remix_keeps_the_previous_policy_and_reincarnates(tiny_model_dir: Path) -> None:
-    learner = _learner(tiny_model_dir, _remix(update_to_data=1, reincarnation_step=2, kl_convex=KlConvexConfig(coef=0.1)))
+    algo = _remix(update_to_data=1, reincarnation_step=2, kl_convex=KlConvexConfig(coef=0.1))
+    learner = _learner(tiny_model_dir, algo)
     initial = snapshot(learner.params)
     assert learner.prev is not None and isinstance(learner.ref, dict)
     m1 = learner.train_step(_batch(_samples(learner)))
@@ -259,7 +260,9 @@ def test_kl_convex_lambda_follows_the_spec_schedule(tiny_model_dir: Path) -> Non
     assert [learner.kl_convex_lambda(t) for t in (2, 3, 4, 5)] == [0.9, 0.8, 1.0, 0.9]
 
 
-def test_single_pass_equals_a_separate_old_logp_recompute(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_single_pass_equals_a_separate_old_logp_recompute(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     results = []
     for single in (True, False):
         monkeypatch.setattr(PolicyLearner, "single_pass", property(lambda self, s=single: s))

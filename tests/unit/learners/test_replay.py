@@ -74,3 +74,15 @@ def test_sampling_is_deterministic_for_a_seed() -> None:
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+def test_state_round_trip_resumes_the_same_draws() -> None:
+    buf = ReplayBuffer(_on(replay_versions=3), seed=5)
+    for v in range(3):
+        buf.add(v, _groups(v, n=10))
+    buf.sample(4, 3, 6)
+    saved = buf.state()
+    expected = [g.group_id for g in buf.sample(5, 3, 12)]
+    restored = ReplayBuffer(_on(replay_versions=3), seed=0)
+    restored.load_state(saved)
+    assert [g.group_id for g in restored.sample(5, 3, 12)] == expected

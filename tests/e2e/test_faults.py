@@ -1,0 +1,59 @@
+"""A rollout actor killed during a run: Ray restarts it, it gets the current weights, the run completes and
+every group is accounted for (each step trains its own prompts, in cursor order, none twice or skipped)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rlplat import controller
+from rlplat.config import load_config
+from rlplat.envs.tasks import PromptCursor, make_split
+from tests.conftest import ROOT, smoke_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _kill_rollout_actor_after_step(ray, trained: Path, step: int, killed: list[str]) -> None:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if trained.is_file() and len(trained.read_text().splitlines()) >= step:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a["name"].startswith("rlplat-rollout-")]
+            if names:
+                ray.kill(ray.get_actor(names[0]), no_restart=False)  # like a crash: Ray restarts the process
+                killed.append(names[0])
+            return
+        time.sleep(0.05)
+
+
+def test_killed_rollout_actor_is_restarted_and_nothing_is_lost(ray_session, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    overrides = smoke_overrides(tiny_model_dir, tmp_path, **{"experiment.num_steps": 4,
+                                                             "rollout.max_new_tokens": 100})
+    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", overrides)
+    killed: list[str] = []
+    killer = threading.Thread(target=_kill_rollout_actor_after_step,
+                              args=(ray_session, tmp_path / "trained_groups.jsonl", 1, killed))
+    killer.start()
+    result = controller.train(cfg, progress=False)
+    killer.join()
+    assert killed, "the test never found the rollout actor to kill"
+
+    client = MlflowClient(result.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    restarts = client.get_metric_history(result.run_id, "faults/rollout_restarts")
+    assert restarts[-1].value >= 1
+    assert client.get_run(result.run_id).data.metrics["sync/checksum_match"] == 1.0
+
+    trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
+    d = cfg.data
+    cursor = PromptCursor(make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed,
+                                     split="train"), seed=d.seed)
+    expected = [[p.prompt_id for p in cursor.take(cfg.rollout.num_prompts_per_step)] for _ in range(4)]
+    assert [t["prompt_ids"] for t in trained] == expected

@@ -39,6 +39,7 @@ class DriverState:
     partial_buffer: list[Group] = field(default_factory=list)
     store_groups: list[Group] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)
+    replay: dict[str, Any] = field(default_factory=dict)  # ReMix replay buffer (groups of past versions, RNGs)
     rng: dict[str, Any] = field(default_factory=dict)
 
 

@@ -440,6 +440,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        nested = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(nested) == 1:  # an optional section: report its own bad key
+            return build(nested[0], value, where)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, where)

@@ -438,6 +438,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     try:
         if resumed:
             version = restore_checkpoint(resumed, workers, cursor, april)
+            if resumed[1].replay:
+                replay.load_state(resumed[1].replay)
             start_step = resumed[1].step + 1
         else:
             tracker.log_metrics(0, evaluate_policy(cfg, workers, env, eval_problems, tokens))
@@ -481,7 +483,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
             tracker.log_metrics(step, metrics)
             record_trained(cfg, step, groups)
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
-                save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, april, producer)
+                save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, april, producer, replay)
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
                                   f"samples/step_{step:06d}.json")
@@ -527,7 +529,7 @@ def find_checkpoint(cfg: RunConfig, *, required: bool) -> tuple[Path, ck.DriverS
 
 
 def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
-                    april: RolloutManager | None, producer: Producer | None) -> Path:
+                    april: RolloutManager | None, producer: Producer | None, replay: ReplayBuffer) -> Path:
     """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
     root = ck.checkpoint_root(cfg.output_dir)
     if producer:
@@ -537,7 +539,8 @@ def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, worker
         ray.get(workers.learner.save_state.remote(str((tmp / "learner").resolve())))
         state = ck.DriverState(step=step, policy_version=version, run_id=run_id, cursor=cursor.state(),
                                partial_buffer=april.state() if april else [],
-                               store_groups=producer.store.snapshot() if producer else [], rng=ck.rng_state())
+                               store_groups=producer.store.snapshot() if producer else [], rng=ck.rng_state(),
+                               replay=replay.state())
         return ck.commit(root, tmp, state, dump_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
     finally:
         if producer:

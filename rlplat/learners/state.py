@@ -21,9 +21,10 @@ def save_learner_state(learner: Any, out_dir: str | Path) -> None:
         "policy_version": learner.policy_version,
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
     }
-    ref = getattr(learner, "ref", None)
-    if isinstance(ref, dict):  # a frozen snapshot (not the adapter-disabled base)
-        state["ref"] = ref
+    for name in ("ref", "prev"):  # frozen snapshots (ReMix reference / previous policy), not the LoRA base
+        frozen = getattr(learner, name, None)
+        if isinstance(frozen, dict):
+            state[name] = frozen
     critic = getattr(learner, "critic", None)
     if critic is not None:
         state["critic_model"] = critic.model.state_dict()
@@ -37,8 +38,9 @@ def load_learner_state(learner: Any, in_dir: str | Path) -> None:
     learner.optimizer.load_state_dict(state["optimizer"])
     learner.scheduler.load_state_dict(state["scheduler"])
     learner.policy_version = state["policy_version"]
-    if "ref" in state:
-        learner.ref = state["ref"]
+    for name in ("ref", "prev"):
+        if name in state:
+            setattr(learner, name, state[name])
     if "critic_model" in state and getattr(learner, "critic", None) is not None:
         learner.critic.model.load_state_dict(state["critic_model"])
         learner.critic.optimizer.load_state_dict(state["critic_optimizer"])

@@ -239,8 +239,10 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, floa
         eos_token_id=tokens.eos_token_id,
         env_returns=[s.reward or 0.0 for s in samples] if cfg.env.task_id else None,  # set by play_episodes
     )
-    rewards, metrics = combined_reward([(t.name, t.weight) for t in cfg.reward.terms], inputs,
-                                       timeout_s=cfg.reward.timeout_s)
+    terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
+                                            target_length_in_tokens=t.target_length_in_tokens))
+             for t in cfg.reward.terms]
+    rewards, metrics = combined_reward(terms, inputs, timeout_s=cfg.reward.timeout_s)
     for s, r in zip(samples, rewards.tolist(), strict=True):
         s.reward = r
     return metrics

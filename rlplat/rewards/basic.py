@@ -19,6 +19,8 @@ class RewardInputs:
     response_texts: B decoded responses (special tokens skipped), for text-based rewards.
     answers: B reference answers as text; answer_token_ids: B tokenised answers (no EOS).
     env_returns: B episode returns from a multi-turn environment (rlplat.envs.agent_loop), or None without one.
+    references: B lists of reference token-id sequences (several per sample, for `tensorbleu`), or None: then
+    the one reference is `answer_token_ids`.
     """
 
     response_token_ids: list[list[int]]
@@ -27,6 +29,7 @@ class RewardInputs:
     answer_token_ids: list[list[int]]
     eos_token_id: int
     env_returns: list[float] | None = None
+    references: list[list[list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.response_token_ids)

@@ -2,10 +2,13 @@
 
 A spec names a built-in (`digit_accuracy`) or a user's function as `path/to/file.py:function`. A reward that
 raises or returns the wrong shape fails with a message naming the function; the caller keeps the samples.
+Built-ins that take parameters (`format_regex`: pattern, `length_penalty`: target_length_in_tokens) get them
+bound by `load_reward`; a user's function always takes just the batch.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact_match
+from rlplat.rewards.builtin import format_regex, length_penalty, math_verify, tensorbleu
 
 RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
 
@@ -23,8 +27,16 @@ class RewardError(RuntimeError):
     """A reward function failed or returned a bad value; the message names the function."""
 
 
-def load_reward(name: str) -> RewardFn:
-    """Return the reward function named `name` (built-in or `file.py:function`); ValueError if it can't load."""
+def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 0) -> RewardFn:
+    """Return the reward function named `name` (built-in or `file.py:function`); ValueError if it can't load.
+
+    pattern / target_length_in_tokens are bound to `format_regex` / `length_penalty` (which check them when
+    called) and ignored for every other reward.
+    """
+    if name == "format_regex":
+        return functools.partial(format_regex, pattern=pattern)
+    if name == "length_penalty":
+        return functools.partial(length_penalty, target_length_in_tokens=target_length_in_tokens)
     if name in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[name]
     path, sep, func = name.rpartition(":")
@@ -46,17 +58,24 @@ def load_reward(name: str) -> RewardFn:
 
 
 def combined_reward(
-    terms: Sequence[tuple[str, float]], batch: RewardInputs, *, timeout_s: float | None = None
+    terms: Sequence[tuple[str, float] | tuple[str, float, RewardFn]],
+    batch: RewardInputs,
+    *,
+    timeout_s: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """sum_k w_k * r_k(batch) -> ([B] f32, {"reward/<name>": mean}); raises RewardError naming a failing term.
+
+    terms: (name, weight), or (name, weight, fn) with fn from `load_reward(name, ...)` to pass parameters.
 
     timeout_s: each function's time limit; one that runs longer is reported by name (its thread is abandoned:
     Python cannot stop a running function, so a truly stuck user function keeps one idle thread).
     """
     total = torch.zeros(len(batch))
     metrics: dict[str, float] = {}
-    for name, weight in terms:
-        values = _call(name, load_reward(name), batch, timeout_s)
+    for term in terms:
+        name, weight = term[0], term[1]
+        fn = term[2] if len(term) == 3 else load_reward(name)
+        values = _call(name, fn, batch, timeout_s)
         total += weight * values
         metrics[f"reward/{_short(name)}"] = float(values.mean()) if len(values) else 0.0
     return total, metrics
@@ -92,4 +111,8 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "digit_accuracy": digit_accuracy,
     "exact_match": exact_match,
     "env_return": env_return,
+    "tensorbleu": tensorbleu,
+    "math_verify": math_verify,
+    "format_regex": format_regex,  # raises unless given `pattern`: load it with load_reward
+    "length_penalty": length_penalty,  # raises unless given `target_length_in_tokens`: load it with load_reward
 }

@@ -65,7 +65,12 @@ def test_ray_job_submit_runs_spec(head_node, tiny_model_dir: Path, tmp_path: Pat
            "--working-dir", str(ROOT), "--",
            sys.executable, "-m", "rlplat", "train", "configs/smoke/grpo.yaml", f"model.path={tiny_model_dir}",
            f"experiment.output_dir={out}", "experiment.num_steps=2", "--no-progress"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    deadline = time.time() + 180
+    while True:  # the head's job agent comes up a little after its dashboard, later still on a loaded machine
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in done.stdout + done.stderr or time.time() > deadline:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout.lower()
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, "rlplat-test-job"], env=env,

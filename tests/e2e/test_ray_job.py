@@ -30,12 +30,16 @@ def _free_port() -> int:
 @pytest.fixture
 def head_node(tmp_path: Path):
     """`ray start --head --block` in its own process group, so the test stops only this cluster."""
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent, agent_grpc, metrics, runtime_env, client = (_free_port() for _ in range(7))
     # Ray 2.60 clusters require token authentication: give the head and the client the same fresh token.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         # The test session's own Ray already holds the default agent ports: give this head free ones.
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+         f"--ray-client-server-port={client}",
          f"--temp-dir={tempfile.mkdtemp(prefix='rlray', dir='/tmp')}"],  # short: Ray's socket paths have a length cap
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -21,14 +21,8 @@ class LearnerActor:
     def weights_bytes(self) -> bytes:
         return self.learner.weights_bytes()
 
-    def checksum(self) -> str:
-        return self.learner.checksum()
-
     def engine_layout_checksum(self, names: list[str]) -> str:
-        from rlplat.rollout.weight_sync import to_engine_layout, weights_checksum
-
-        sd = to_engine_layout(self.learner.engine_state_dict())
-        return weights_checksum({n: sd[n] for n in names if n in sd})
+        return self.learner.engine_layout_checksum(names)
 
     def sequence_logps(self, token_ids: list[int]) -> list[float]:
         return self.learner.sequence_logps(token_ids)

@@ -51,10 +51,5 @@ class RolloutActor:
         await self.start()
         return await self.engine.rpc(method, *args)
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
     def shutdown(self) -> None:
         self.engine.shutdown()

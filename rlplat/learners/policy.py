@@ -45,7 +45,7 @@ from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.critic import Critic
 from rlplat.learners.lora import apply_lora, is_peft_model, merged_state_dict
 from rlplat.learners.microbatch import MicroBatch, make_micro_batches, split_minibatches
-from rlplat.rollout.weight_sync import state_dict_to_bytes, weights_checksum
+from rlplat.rollout.weight_sync import state_dict_to_bytes, to_engine_layout, weights_checksum
 from rlplat.types import TrainBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -310,8 +310,10 @@ class PolicyLearner:
     def weights_bytes(self) -> bytes:
         return state_dict_to_bytes(self.engine_state_dict())
 
-    def checksum(self) -> str:
-        return weights_checksum(self.engine_state_dict())
+    def engine_layout_checksum(self, names: list[str]) -> str:
+        """Checksum of the weights the engine should hold, in vLLM's fused layout, over the engine's `names`."""
+        sd = to_engine_layout(self.engine_state_dict())
+        return weights_checksum({n: sd[n] for n in names if n in sd})
 
     def sequence_logps(self, token_ids: list[int]) -> list[float]:
         """Log-prob of each token after the first (to compare against the engine's `score`)."""

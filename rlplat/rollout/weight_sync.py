@@ -40,12 +40,7 @@ class WeightSyncExtension:
         self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
         if current_platform.is_cpu():
             refresh_cpu_kernels(self.model_runner.model)  # type: ignore[attr-defined]
-        self._rlplat_loaded_checksum = weights_checksum(weights)
         return len(weights)
-
-    def loaded_checksum(self) -> str:
-        """Checksum of the weights this worker received in the last load (HF names, as sent)."""
-        return getattr(self, "_rlplat_loaded_checksum", "")
 
     def checksum_weights(self, names: list[str]) -> str:
         """Checksum of the engine's parameters named in `names`, in vLLM's own layout (see `to_engine_layout`).
@@ -60,14 +55,6 @@ class WeightSyncExtension:
     def readable_parameter_names(self) -> list[str]:
         model = self.model_runner.model  # type: ignore[attr-defined]
         return [n for n, p in model.named_parameters() if p.numel() > 0]
-
-    def weight_stats(self) -> dict[str, tuple[list[int], str, float]]:
-        """(shape, dtype, float64 sum) per parameter: a cheap view for debugging a weight sync."""
-        model = self.model_runner.model  # type: ignore[attr-defined]
-        return {n: (list(p.shape), str(p.dtype), float(p.double().sum())) for n, p in model.named_parameters()}
-
-    def parameter_names(self) -> list[str]:
-        return [n for n, _ in self.model_runner.model.named_parameters()]  # type: ignore[attr-defined]
 
 
 # HF checkpoint names -> the fused parameter vLLM builds for Llama-family models (Qwen2, Llama, Mistral).

@@ -228,17 +228,24 @@ def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None,
     raise AssertionError("unreachable")
 
 
-def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, float]:
-    """Set `sample.reward` on every sample; returns reward metrics."""
-    samples = [s for g in groups for s in g.samples]
-    inputs = RewardInputs(
+def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[float] | None = None) -> RewardInputs:
+    """The batch record reward functions read; each distinct answer is tokenised once (a group shares one)."""
+    answer_ids = {a: tokens.encode(a) for a in {s.answer for s in samples}}
+    return RewardInputs(
         response_token_ids=[s.response_token_ids for s in samples],
         response_texts=[tokens.decode(s.response_token_ids) for s in samples],
         answers=[s.answer for s in samples],
-        answer_token_ids=[tokens.encode(s.answer) for s in samples],
+        answer_token_ids=[answer_ids[s.answer] for s in samples],
         eos_token_id=tokens.eos_token_id,
-        env_returns=[s.reward or 0.0 for s in samples] if cfg.env.task_id else None,  # set by play_episodes
+        env_returns=env_returns,
     )
+
+
+def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, float]:
+    """Set `sample.reward` on every sample; returns reward metrics."""
+    samples = [s for g in groups for s in g.samples]
+    env_returns = [s.reward or 0.0 for s in samples] if cfg.env.task_id else None  # set by play_episodes
+    inputs = reward_inputs(samples, tokens, env_returns=env_returns)
     terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
                                             target_length_in_tokens=t.target_length_in_tokens))
              for t in cfg.reward.terms]
@@ -335,10 +342,7 @@ def evaluate(workers: Workers, problems: list[Problem], tokens: Tokens, max_new_
 
     groups = make_groups(problems, tokens, 1, first_group_id=-len(problems) - 1)
     groups = generate(workers, groups, SamplingOptions(max_new_tokens=max_new_tokens, temperature=0.0), -1)
-    samples = [g.samples[0] for g in groups]
-    inputs = RewardInputs(response_token_ids=[s.response_token_ids for s in samples], response_texts=[""] * len(samples),
-                          answers=[s.answer for s in samples],
-                          answer_token_ids=[tokens.encode(s.answer) for s in samples], eos_token_id=tokens.eos_token_id)
+    inputs = reward_inputs([g.samples[0] for g in groups], tokens)
     return {"eval/exact_match": float(exact_match(inputs).mean()), "eval/digit_accuracy": float(digit_accuracy(inputs).mean())}
 
 

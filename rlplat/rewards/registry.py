@@ -27,6 +27,7 @@ class RewardError(RuntimeError):
     """A reward function failed or returned a bad value; the message names the function."""
 
 
+@functools.cache  # a user's file is imported once per run, not on every step
 def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 0) -> RewardFn:
     """Return the reward function named `name` (built-in or `file.py:function`); ValueError if it can't load.
 

@@ -1,4 +1,4 @@
-"""`rlplat train|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
+"""`rlplat train|eval|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  rlplat model tiny models/tiny                        write the demo's tiny model\n"
                "  rlplat train configs/demo.yaml experiment.num_steps=20\n"
-               "  rlplat train configs/demo.yaml --dry-run             print the resolved spec\n"
+               "  rlplat train configs/demo.yaml --dry-run             print the resolved spec and placement\n"
+               "  rlplat eval configs/demo.yaml --checkpoint outputs/demo/checkpoints   evaluate the latest checkpoint\n"
                "  rlplat bench                                         list the benchmarks\n"
                "  ray job submit --working-dir . -- python -m rlplat train SPEC   (on a Ray cluster: docs/deploy.md)\n"
                "\n"
@@ -49,11 +50,27 @@ def _parser() -> argparse.ArgumentParser:
                                    "Bad input exits with status 2 before any worker starts.")
     t.add_argument("spec", help="path to the YAML experiment spec")
     t.add_argument("overrides", nargs="*", help="spec overrides as key.path=value, e.g. experiment.num_steps=5")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved spec and the GPU placement plan, check the cluster has the GPUs, and exit")
+    t.add_argument("--assume-gpus", type=float, metavar="N",
+                   help="with --dry-run: plan for a cluster of N GPUs instead of the one this machine can reach")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory (same MLflow run)")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved policy and log an MLflow evaluation run",
+                       description="Serve a saved policy on the spec's rollout engines, run the spec's evaluation "
+                                   "(greedy eval split or env episodes, plus sampled responses scored by the spec's "
+                                   "reward) and log it as an MLflow run nested under the training run.")
+    e.add_argument("spec", help="path to the YAML experiment spec the policy was trained with")
+    e.add_argument("overrides", nargs="*", help="spec overrides as key.path=value")
+    e.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint (OUTPUT/checkpoints/step_N, or OUTPUT/checkpoints for the latest), a saved "
+                        "policy (OUTPUT/final_model) or a LoRA adapter directory")
+    e.add_argument("--num-samples", type=int, default=4, metavar="K",
+                   help="sampled responses per eval prompt for eval/sampled_* (default: %(default)s)")
+    e.set_defaults(func=_eval)
 
     m = sub.add_parser("model", help="model utilities: rlplat model tiny OUT_DIR",
                        description="Model utilities. `rlplat model tiny --help` lists its options.")
@@ -81,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.spec, args.overrides)
         if args.dry_run:
             print(dump_yaml(cfg), end="")
-            return 0
+            return _print_plan(cfg, args.assume_gpus)
         from rlplat import controller
 
         controller.preflight(cfg)
@@ -91,7 +108,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"rlplat: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _quiet_logs()
-    result = controller.train(cfg, progress=not args.no_progress, resume=args.resume)
+    try:
+        result = controller.train(cfg, progress=not args.no_progress, resume=args.resume)
+    except ConfigError as e:  # found once attached to the cluster: too few GPUs for the placement
+        print(f"rlplat: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
     if rewards:
         k = min(10, len(rewards))
@@ -102,6 +123,65 @@ def _train(args: argparse.Namespace) -> int:
     print(f"MLflow run {result.run_id} in {result.tracking_uri}")
     print(f"view it: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rlplat.config import ConfigError, load_config
+
+    try:
+        if args.num_samples < 1:
+            raise ConfigError("--num-samples must be >= 1")
+        cfg = load_config(args.spec, args.overrides)
+        from rlplat import controller
+        from rlplat.evaluate import find_source
+
+        controller.preflight(cfg)
+        find_source(args.checkpoint)
+        _quiet_logs()
+        result = controller.evaluate_checkpoint(cfg, args.checkpoint, num_samples=args.num_samples)
+    except ConfigError as e:
+        print(f"rlplat: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for key, points in sorted(result.history.items()):
+        print(f"{key}: {points[-1][1]:.4f}")
+    print(f"MLflow evaluation run {result.run_id} in {result.tracking_uri}")
+    return 0
+
+
+def _print_plan(cfg, assume_gpus: float | None) -> int:
+    """The placement plan for the cluster `train` would use (or `assume_gpus`), then the GPU-count check."""
+    from rlplat.placement import check_gpus, plan_placement
+
+    available, where = (assume_gpus, "the assumed cluster") if assume_gpus is not None else _reachable_gpus(cfg)
+    plan = plan_placement(cfg, available)
+    print(plan.describe())
+    check_gpus(plan, available, where)  # ConfigError -> exit 2 with both numbers
+    return 0
+
+
+def _reachable_gpus(cfg) -> tuple[float, str]:
+    """GPUs of the Ray cluster `train` would attach to (cluster.address), else of this machine."""
+    from rlplat.config import ConfigError
+    from rlplat.actors.placement_group import cluster_gpu_count
+    from rlplat.placement import local_gpu_count
+
+    address = cfg.cluster.address
+    if address == "local":
+        return local_gpu_count(), "this machine"
+    import ray
+
+    if ray.is_initialized():  # already attached (a test session, a notebook): ask that cluster
+        return cluster_gpu_count(), "the attached Ray cluster"
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except ConnectionError:
+        if address != "auto":
+            raise ConfigError(f"cluster.address: no Ray cluster answers at {address!r}") from None
+        return local_gpu_count(), "this machine (no Ray cluster is running; `train` would start a local one)"
+    try:
+        return cluster_gpu_count(), f"the Ray cluster at {ray.get_runtime_context().gcs_address}"
+    finally:
+        ray.shutdown()
 
 
 def _model_tiny(args: argparse.Namespace) -> int:

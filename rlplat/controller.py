@@ -8,6 +8,7 @@ Synchronous and on-policy: rollout step k uses policy version k.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import ray
 import torch
 
 from rlplat.actors.learner import LearnerActor
+from rlplat.actors.placement_group import actor_options, cluster_gpu_count, release, reserve
 from rlplat.actors.rollout import RolloutActor
 from rlplat.actors.rollout_manager import RemoteRolloutWorker, RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
@@ -29,6 +31,7 @@ from rlplat.envs.tasks import Problem, PromptCursor, make_split
 from rlplat.envs.text_env import EnvPoolTextEnv
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
+from rlplat.placement import PlacementPlan, check_gpus, plan_placement
 from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.registry import RewardError, combined_reward, load_reward
 from rlplat.rollout.engine import EngineOptions, SamplingOptions
@@ -52,6 +55,9 @@ class Workers:
     learner: object  # LearnerActor handle
     call_timeout_s: float = 600.0
     num_restarts: int = 0  # rollout actors restarted and re-synced during the run
+    weight_sync: str = "bytes"  # placement.weight_sync, resolved: bytes | broadcast | ipc
+    weight_group_open: bool = False  # broadcast: learner and engines have joined one process group
+    placement_group: object = None  # Ray placement group of a GPU plan (None on CPU)
 
 
 class Tokens:
@@ -120,9 +126,28 @@ def init_ray(cfg: RunConfig) -> None:
              runtime_env=env)
 
 
-def start_workers(cfg: RunConfig, context_len: int) -> Workers:
+def plan_for_cluster(cfg: RunConfig) -> PlacementPlan:
+    """The placement plan on the attached Ray cluster; ConfigError with the numbers if it lacks the GPUs."""
+    available = cluster_gpu_count()
+    plan = plan_placement(cfg, available)
+    check_gpus(plan, available, "the Ray cluster")
+    return plan
+
+
+def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None) -> Workers:
+    """Start the rollout engines and the learner, in the plan's slots of placement group `pg` (None on CPU)."""
+    rollout = start_rollout(cfg, context_len, plan, pg)
+    learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
+        str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
+        seed=cfg.experiment.seed, lora=cfg.model.lora)
+    return Workers(rollout=rollout, learner=learner, call_timeout_s=cfg.cluster.call_timeout_s,
+                   weight_sync=plan.weight_sync, placement_group=pg)
+
+
+def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, model_path: str = "") -> list:
+    """One RolloutActor per engine slot of the plan, serving `model_path` (default: model.path); waits until up."""
     options = EngineOptions(
-        model_path=str(Path(cfg.model.path).resolve()),
+        model_path=str(Path(model_path or cfg.model.path).resolve()),
         max_model_len=context_len,
         seed=cfg.experiment.seed,
         dtype=cfg.model.dtype,
@@ -130,12 +155,10 @@ def start_workers(cfg: RunConfig, context_len: int) -> Workers:
         enforce_eager=cfg.rollout.enforce_eager,
     )
     tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators (and tests) find them
-    rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}").remote(options)
-               for i in range(cfg.rollout.num_workers)]
-    learner = LearnerActor.remote(str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm,
-                                  dtype=cfg.model.dtype, seed=cfg.experiment.seed, lora=cfg.model.lora)
+    rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg)).remote(options)
+               for i, slot in enumerate(plan.rollout)]
     ray.get([w.start.remote() for w in rollout])
-    return Workers(rollout=rollout, learner=learner, call_timeout_s=cfg.cluster.call_timeout_s)
+    return rollout
 
 
 # --------------------------------------------------------------------------------------------------------- phases
@@ -198,6 +221,8 @@ def recover_rollout_workers(workers: Workers, version: int) -> int:
             get(w.load_weights.remote(payload, version), "weight sync after restart", workers.call_timeout_s)
             resynced += 1
     workers.num_restarts += resynced
+    if resynced:
+        workers.weight_group_open = False  # the restarted engine left the broadcast group: form a new one
     return resynced
 
 
@@ -278,13 +303,40 @@ def train_on(cfg: RunConfig, workers: Workers, batch: TrainBatch, step: int) -> 
 
 
 def sync_weights(workers: Workers, version: int) -> None:
-    """Learner weights -> every engine, in place (tokens generated from then on carry `version`).
-    The bytes travel once through Ray's object store; generation may keep running meanwhile."""
-    payload = workers.learner.weights_bytes.remote()
+    """Learner weights -> every engine, in place (tokens generated from then on carry `version`), by
+    `placement.weight_sync`: bytes through Ray's object store, a process-group broadcast, or CUDA IPC.
+    Generation may keep running meanwhile."""
     try:
-        get([w.load_weights.remote(payload, version) for w in workers.rollout], "weight sync", workers.call_timeout_s)
+        if workers.weight_sync == "broadcast":
+            open_weight_group(workers)
+            meta = workers.learner.weight_meta.remote()
+            get([workers.learner.broadcast_weights.remote(),
+                 *(w.receive_weights.remote("receive_broadcast", meta, version) for w in workers.rollout)],
+                "weight sync", workers.call_timeout_s)
+        elif workers.weight_sync == "ipc":
+            payload = workers.learner.ipc_payload.remote()
+            get([w.receive_weights.remote("receive_ipc", payload, version) for w in workers.rollout],
+                "weight sync", workers.call_timeout_s)
+            get(workers.learner.release_ipc.remote(), "weight sync", workers.call_timeout_s)
+        else:
+            payload = workers.learner.weights_bytes.remote()
+            get([w.load_weights.remote(payload, version) for w in workers.rollout], "weight sync",
+                workers.call_timeout_s)
     except ray.exceptions.RayActorError:
         recover_rollout_workers(workers, version)  # a rollout actor died: it comes back with these weights
+
+
+def open_weight_group(workers: Workers) -> None:
+    """Once (and again after a rollout actor restart): the learner is rank 0, engine i is rank i + 1."""
+    if workers.weight_group_open:
+        return
+    host, port = get(workers.learner.free_address.remote(), "weight group", workers.call_timeout_s)
+    world = len(workers.rollout) + 1
+    backend = "nccl" if workers.placement_group is not None else "gloo"
+    get([workers.learner.open_weight_group.remote(backend, host, port, world),
+         *(w.rpc.remote("open_weight_group", backend, host, port, i + 1, world) for i, w in enumerate(workers.rollout))],
+        "weight group", workers.call_timeout_s)
+    workers.weight_group_open = True
 
 
 def start_producer(cfg: RunConfig, workers: Workers, produce, *, first_batch: int = 0,
@@ -430,8 +482,12 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     (cfg.output_dir / "spec.yaml").write_text(dump_yaml(cfg))
     init_ray(cfg)
+    plan = plan_for_cluster(cfg)  # too few GPUs: ConfigError with the numbers, before anything starts
+    log.info("%s", plan.describe())
+    pg = reserve(plan, cfg.placement.placement_timeout_s)  # GPUs taken but never freed: ConfigError after a timeout
     tracker = Tracker(cfg, run_id=resumed[1].run_id if resumed else None, tags=run_tags())
-    workers = start_workers(cfg, max_context_length(cfg.model.path))
+    tracker.set_tag("rlplat.placement", plan.describe())
+    workers = start_workers(cfg, max_context_length(cfg.model.path), plan, pg)
     # APRIL (rollout.partial); `april.state()` is its partial buffer, which a checkpoint must carry
     april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None
     env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # pool in the driver
@@ -488,7 +544,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             tracker.log_metrics(step, metrics)
             record_trained(cfg, step, groups)
-            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+            if cfg.checkpoint.every_steps and (step % cfg.checkpoint.every_steps == 0 or step == cfg.experiment.num_steps):
                 save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, april, producer, replay)
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
@@ -516,6 +572,60 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
         if env is not None:
             env.close()
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4) -> RunResult:
+    """`rlplat eval`: serve a saved policy on the spec's rollout engines and log an MLflow evaluation run.
+
+    Greedy metrics as at the end of training (eval split, or env episodes), plus for prompt tasks `num_samples`
+    sampled responses per eval prompt scored by the spec's reward (mean and best-of-k). The run is tagged with the
+    checkpoint and, when the checkpoint names it, nested under the training run (mlflow.parentRunId)."""
+    from rlplat.evaluate import find_source, materialise
+
+    tokens, _, eval_problems = preflight(cfg)
+    source = find_source(checkpoint)
+    out_dir = cfg.output_dir / "eval" / f"{source.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model_dir = materialise(source, cfg, out_dir / "model")
+    init_ray(cfg)
+    engines_only = dataclasses.replace(cfg, placement=dataclasses.replace(cfg.placement, colocate=True,
+                                                                          weight_sync="bytes"))
+    plan = plan_for_cluster(engines_only)  # no learner: with colocate its slot costs no GPU
+    pg = reserve(plan, cfg.placement.placement_timeout_s)
+    tags = {"mlflow.runName": f"eval-{cfg.experiment.name}", "rlplat.run_type": "eval",
+            "rlplat.eval_checkpoint": str(source.path.resolve()), "rlplat.eval_source": source.kind} | run_tags()
+    if source.trained_run_id:
+        tags |= {"mlflow.parentRunId": source.trained_run_id, "rlplat.trained_run_id": source.trained_run_id}
+    tracker = Tracker(cfg, tags=tags)
+    workers, env, status = Workers(rollout=[], learner=None, placement_group=pg), None, "FAILED"
+    try:
+        workers.rollout = start_rollout(cfg, max_context_length(cfg.model.path), plan, pg, str(model_dir))
+        env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None
+        metrics = evaluate_policy(cfg, workers, env, eval_problems, tokens)
+        if env is None:
+            groups = make_groups(eval_problems, tokens, num_samples, first_group_id=0)
+            sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens,
+                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+            groups = generate(workers, groups, sampling, -1)
+            metrics |= {f"eval/sampled_{k}": v for k, v in score(cfg, groups, tokens).items()}  # per reward term
+            metrics |= sampled_eval_metrics(groups)
+            tracker.log_table(sample_rows(source.step, groups, tokens, cfg.tracking.num_logged_samples),
+                              "samples/eval.json")
+        tracker.log_metrics(source.step, metrics)
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+        shutdown_workers(workers)
+        if env is not None:
+            env.close()
+    return RunResult(tracker.run_id, tracker.uri, out_dir, tracker.history)
+
+
+def sampled_eval_metrics(groups: list[Group]) -> dict[str, float]:
+    """Mean reward of the sampled responses and best-of-k: the mean over prompts of the best sample's reward."""
+    rewards = [[s.reward or 0.0 for s in g.samples] for g in groups]
+    return {"eval/sampled_reward_mean": sum(map(sum, rewards)) / sum(map(len, rewards)),
+            "eval/sampled_best_of_k": sum(map(max, rewards)) / len(rewards)}
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
@@ -594,7 +704,9 @@ def shutdown_workers(workers: Workers) -> None:
         except Exception:  # best effort: the actor may already be gone
             pass
         ray.kill(w)
-    ray.kill(workers.learner)
+    if workers.learner is not None:
+        ray.kill(workers.learner)
+    release(workers.placement_group)
 
 
 def run_tags() -> dict[str, str]:

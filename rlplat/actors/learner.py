@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import ray
 
 from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.policy import PolicyLearner
+from rlplat.rollout import weight_sync
 from rlplat.types import TrainBatch
 
 
@@ -14,12 +17,42 @@ class LearnerActor:
     def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int,
                  lora: LoraConfig | None = None) -> None:
         self.learner = PolicyLearner(model_path, cfg, algo, dtype=dtype, seed=seed, lora=lora)
+        self.weight_group = None  # placement.weight_sync: broadcast
+        self.outgoing: dict = {}  # tensors of a weight sync in flight
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         return self.learner.train_step(batch)
 
     def weights_bytes(self) -> bytes:
         return self.learner.weights_bytes()
+
+    # weight sync without bytes (placement.weight_sync: broadcast | ipc); see rlplat/rollout/weight_sync.py
+    def free_address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port, for the weight group's store (the learner, rank 0, listens)."""
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def open_weight_group(self, backend: str, host: str, port: int, world_size: int) -> None:
+        self.weight_group = weight_sync.open_group(backend, host, port, 0, world_size)
+
+    def weight_meta(self) -> list[tuple[str, str, list[int]]]:
+        """Names, dtypes and shapes of the next broadcast; `broadcast_weights` then sends exactly these tensors."""
+        self.outgoing = self.learner.engine_state_dict()
+        return weight_sync.tensor_meta(self.outgoing)
+
+    def broadcast_weights(self) -> None:
+        weight_sync.broadcast_tensors(self.weight_group, [t.contiguous() for t in self.outgoing.values()])
+        self.outgoing = {}
+
+    def ipc_payload(self) -> bytes:
+        """CUDA IPC handles of the engine weights; they stay valid until `release_ipc`."""
+        self.outgoing = {k: v.contiguous() for k, v in self.learner.engine_state_dict().items()}
+        return weight_sync.ipc_payload(self.outgoing)
+
+    def release_ipc(self) -> None:
+        self.outgoing = {}
 
     def engine_layout_checksum(self, names: list[str]) -> str:
         return self.learner.engine_layout_checksum(names)

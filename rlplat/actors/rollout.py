@@ -43,6 +43,12 @@ class RolloutActor:
         await self.start()
         await self.engine.load_weights(payload, version)
 
+    async def receive_weights(self, method: str, payload: object, version: int | None = None) -> None:
+        """Weights through `placement.weight_sync` broadcast or ipc (rlplat/rollout/weight_sync.py): the extension
+        method gets `payload` (tensor names/shapes, or IPC handles). A top-level argument, so Ray resolves it."""
+        await self.start()
+        await self.engine.receive_weights(method, (payload,), version)
+
     async def score(self, token_ids: list[int]) -> list[float]:
         await self.start()
         return await self.engine.score(token_ids)

@@ -130,12 +130,16 @@ class RolloutEngine:
         return len(ids)
 
     async def load_weights(self, payload: bytes, version: int | None = None) -> None:
-        """Load safetensors bytes into every worker in place, then drop cached prefixes of the old weights.
+        """Load safetensors bytes into every worker in place (the `bytes` weight sync)."""
+        await self.receive_weights("load_weights_from_bytes", (payload,), version)
+
+    async def receive_weights(self, method: str, args: tuple, version: int | None = None) -> None:
+        """Run a `WeightSyncExtension` loading method on every worker, then drop cached prefixes of the old weights.
 
         With `version`, tokens generated from now on (also by requests already running) carry that version.
         """
         assert self.engine is not None
-        await self.engine.collective_rpc("load_weights_from_bytes", args=(payload,))
+        await self.engine.collective_rpc(method, args=args)
         await self.engine.reset_prefix_cache()
         if version is not None:
             self.loaded_version = version

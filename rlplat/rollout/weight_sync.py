@@ -1,15 +1,26 @@
 """vLLM worker extension: load new policy weights into the running engine in place, and checksum them.
 
 vLLM loads this class into each of its worker processes (`worker_extension_cls`); the engine calls its methods
-with `collective_rpc`. Tensors passed as rpc arguments arrive as nested lists, so weights travel as safetensors
-bytes (the CPU path). On GPU, vLLM's weight-transfer engines (NCCL / CUDA IPC) are the fast path.
+with `collective_rpc`. Tensors passed as rpc arguments arrive as nested lists, so tensors never travel as
+arguments. Three ways in (`placement.weight_sync`):
+
+    bytes      safetensors bytes through Ray's object store (any device; the CPU default)
+    broadcast  a torch process group learner (rank 0) -> every engine worker; the rpc carries only names, dtypes
+               and shapes, then each tensor is broadcast into a fresh buffer (NCCL on GPU, gloo on CPU)
+    ipc        CUDA IPC handles of the learner's tensors (pickled), for an engine on the learner's GPU
+
+All three end in vLLM's `reload_weights` with checkpoint-format names, which also fuses q/k/v and gate/up.
+The learner-side halves of broadcast and ipc are the functions below the extension class.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import pickle
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -34,10 +45,36 @@ class WeightSyncExtension:
 
     def load_weights_from_bytes(self, payload: bytes) -> int:
         """Replace the model's weights with the safetensors `payload`; returns the number of tensors loaded."""
-        weights = load_safetensors(payload)
+        return self._reload(list(load_safetensors(payload).items()))
+
+    def open_weight_group(self, backend: str, host: str, port: int, rank: int, world_size: int) -> int:
+        """Join the learner's weight-broadcast group as `rank` (the learner is rank 0); returns the rank."""
+        self._weight_group = open_group(backend, host, port, rank, world_size)
+        return rank
+
+    def receive_broadcast(self, meta: list[tuple[str, str, list[int]]]) -> int:
+        """Receive the tensors `meta` names (in order) from rank 0 of the weight group and load them."""
+        device = self._model_device()
+        weights = [(name, torch.empty(shape, dtype=getattr(torch, dtype), device=device))
+                   for name, dtype, shape in meta]
+        broadcast_tensors(self._weight_group, [t for _, t in weights])
+        return self._reload(weights)
+
+    def receive_ipc(self, payload: bytes) -> int:
+        """Load tensors shared by CUDA IPC (`ipc_payload` on the learner side), opened on this worker's GPU."""
+        device = self._model_device().index or 0
+        weights = [(name, open_ipc_handle(handle, device)) for name, handle in pickle.loads(payload)]
+        loaded = self._reload(weights)
+        torch.cuda.synchronize()  # done reading the learner's memory before it lets the tensors go
+        return loaded
+
+    def _model_device(self) -> torch.device:
+        return next(self.model_runner.model.parameters()).device  # type: ignore[attr-defined]
+
+    def _reload(self, weights: list[tuple[str, torch.Tensor]]) -> int:
         from vllm.platforms import current_platform
 
-        self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)  # type: ignore[attr-defined]
         if current_platform.is_cpu():
             refresh_cpu_kernels(self.model_runner.model)  # type: ignore[attr-defined]
         return len(weights)
@@ -95,3 +132,52 @@ def refresh_cpu_kernels(model: torch.nn.Module) -> None:
         weight = getattr(module, "weight", None)
         if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+
+
+# ----------------------------------------------------------------------------------- transports (both sides)
+WEIGHT_GROUP_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def open_group(backend: str, host: str, port: int, rank: int, world_size: int) -> dist.ProcessGroup:
+    """A process group outside torch's default one (vLLM's workers already have theirs): a TCPStore rendezvous
+    at host:port, then NCCL ("nccl") or gloo ("gloo"). Every rank must call it at about the same time."""
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=WEIGHT_GROUP_TIMEOUT)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world_size)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, WEIGHT_GROUP_TIMEOUT)
+    raise ValueError(f"unknown weight-group backend {backend!r} (nccl, gloo)")
+
+
+def broadcast_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor]) -> None:
+    """Broadcast each tensor from rank 0 in place, in order; returns once every one has arrived."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    for t in tensors:
+        group.broadcast([t], opts).wait()
+    if tensors and tensors[0].is_cuda:
+        torch.cuda.synchronize(tensors[0].device)
+
+
+def tensor_meta(weights: dict[str, torch.Tensor]) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype, shape) of each tensor, in order: what a receiver allocates before a broadcast."""
+    return [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in weights.items()]
+
+
+def ipc_payload(weights: dict[str, torch.Tensor]) -> bytes:
+    """Pickled CUDA IPC handles of contiguous CUDA tensors; the caller keeps `weights` alive until every receiver
+    is done (the handles point into their memory)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    if not all(t.is_cuda and t.is_contiguous() for t in weights.values()):
+        raise ValueError("ipc weight sync needs contiguous CUDA tensors")
+    return pickle.dumps([(name, reduce_tensor(t)) for name, t in weights.items()])
+
+
+def open_ipc_handle(handle: tuple, device_index: int) -> torch.Tensor:
+    """Open one `reduce_tensor` handle on this process's GPU `device_index` (the sender's index may differ when
+    the two processes see the GPU under different CUDA_VISIBLE_DEVICES)."""
+    rebuild, args = handle
+    args = list(args)
+    args[6] = device_index  # rebuild_cuda_tensor's storage_device
+    return rebuild(*args)

@@ -2,7 +2,8 @@
 
 One run per algorithm (each starts a vLLM engine, ~30-40 s): GRPO, PPO (critic + GAE), ReMix-GRPO, ReMix-PPO and
 GRPO + LoRA. Each run must log finite losses, change the policy (only the adapters with LoRA), leave the engine
-holding the learner's (merged) weights, and log its algorithm's metrics to MLflow.
+holding the learner's (merged) weights, and log its algorithm's metrics to MLflow. PPO and GRPO + LoRA sync weights
+by a process-group broadcast (`placement.weight_sync: broadcast`, gloo on CPU), the others as safetensors bytes.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ TINY = {"experiment.num_steps": 2, "rollout.num_prompts_per_step": 4, "rollout.n
         "data.num_eval_prompts": 8, "tracking.experiment_name": "rlplat-e2e-algos"}
 COMMON_METRICS = ["loss/policy", "train/entropy", "train/grad_norm", "train/clip_frac", "train/off_policy_token_frac",
                   "train/logp_old_vs_behaviour", "rollout/reward_mean", "sync/checksum_match", "sync/max_logp_diff"]
-REMIX = {"algorithm.remix.kl_convex.lambda_start": 1}  # lam(2) = 0.9: exercises the schedule within 2 steps
+REMIX = {"algorithm.remix.kl_convex.lambda_start": 1}
+BROADCAST = {"placement.weight_sync": "broadcast"}  # lam(2) = 0.9: exercises the schedule within 2 steps
 
 CASES = {
     "grpo": ("grpo.yaml", {}, []),
-    "ppo": ("ppo.yaml", {}, ["loss/value", "critic/value_mean", "critic/grad_norm"]),
+    "ppo": ("ppo.yaml", BROADCAST, ["loss/value", "critic/value_mean", "critic/grad_norm"]),
     "remix_grpo": ("remix_grpo.yaml", REMIX, ["loss/kl_convex", "remix/kl_convex_lambda", "replay/num_groups"]),
     "remix_ppo": ("remix_ppo.yaml", REMIX, ["loss/kl_convex", "loss/value", "replay/num_groups"]),
-    "grpo_lora": ("grpo_lora.yaml", {}, []),
+    "grpo_lora": ("grpo_lora.yaml", BROADCAST, []),
 }
 
 
@@ -69,6 +71,8 @@ def test_algorithm_end_to_end(name: str, ray_session, tiny_model_dir: Path, tmp_
     assert run.data.metrics["sync/checksum_match"] == 1.0
     assert run.data.metrics["sync/max_logp_diff"] < 1e-4
     assert _history(client, result.run_id, "train/logp_old_vs_behaviour")[2] < 1e-4
+    sync = "broadcast" if extra is BROADCAST else "bytes"
+    assert f"weight sync {sync}" in run.data.tags["rlplat.placement"]
 
     _check_weights_changed(name, tiny_model_dir, result.output_dir / "final_model")
     _check_algorithm_specifics(name, client, result.run_id)

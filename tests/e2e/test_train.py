@@ -25,8 +25,15 @@ EXPECTED_METRICS = [
 @pytest.fixture(scope="module")
 def grpo_run(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("grpo")
-    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", smoke_overrides(tiny_model_dir, out))
+    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", smoke_overrides(tiny_model_dir, out, **{"checkpoint.every_steps": 3}))
     return cfg, controller.train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def eval_run(grpo_run):
+    """`rlplat eval` of the run's latest checkpoint (step 3, the last step: the final policy)."""
+    cfg, result = grpo_run
+    return controller.evaluate_checkpoint(cfg, str(result.output_dir / "checkpoints"), num_samples=2)
 
 
 def test_metrics_logged_to_mlflow(grpo_run) -> None:
@@ -74,3 +81,28 @@ def test_final_policy_registered_with_metrics_and_system_metrics_logged(grpo_run
                                                                              "model/model.safetensors"}
     metrics = client.get_run(result.run_id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+
+
+def test_eval_of_a_checkpoint_logs_an_evaluation_run_under_the_training_run(grpo_run, eval_run) -> None:
+    cfg, train = grpo_run
+    client = MlflowClient(eval_run.tracking_uri)
+    run = client.get_run(eval_run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == train.run_id and run.data.tags["rlplat.run_type"] == "eval"
+    assert run.data.tags["rlplat.eval_source"] == "checkpoint"
+    assert run.data.tags["rlplat.eval_checkpoint"].endswith("step_000003")
+    # The checkpoint holds the final policy and decoding is greedy: the training run's final eval metrics again.
+    trained = client.get_run(train.run_id).data.metrics
+    for key in ("eval/exact_match", "eval/digit_accuracy"):
+        assert run.data.metrics[key] == pytest.approx(trained[key]), key
+    assert [m.step for m in client.get_metric_history(eval_run.run_id, "eval/exact_match")] == [3]
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["eval/sampled_reward_mean"] <= metrics["eval/sampled_best_of_k"] <= 1.0
+    assert "samples/eval.json" in {a.path for a in client.list_artifacts(eval_run.run_id, "samples")}
+
+
+def test_eval_serves_the_checkpointed_weights(grpo_run, eval_run) -> None:
+    _, train = grpo_run
+    served = load_file(eval_run.output_dir / "model" / "model.safetensors")
+    final = load_file(train.output_dir / "final_model" / "model.safetensors")
+    assert served.keys() == final.keys() and all(torch.equal(served[k], final[k]) for k in final)

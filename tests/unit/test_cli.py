@@ -59,7 +59,7 @@ def test_bad_reward_name(capsys, tiny_model_dir: Path) -> None:
 
 
 def test_dry_run_prints_resolved_spec(capsys) -> None:
-    assert main(["train", SMOKE, "--dry-run", "rollout.max_new_tokens=5"]) == 0
+    assert main(["train", SMOKE, "--dry-run", "rollout.max_new_tokens=5", "cluster.address=local"]) == 0
     out = capsys.readouterr().out
     assert "max_new_tokens: 5" in out and "num_prompts_per_step: 4" in out
 
@@ -69,3 +69,13 @@ def test_model_tiny_writes_loadable_directory(tmp_path: Path) -> None:
 
     assert main(["model", "tiny", str(tmp_path / "t")]) == 0
     check_model_dir(tmp_path / "t")
+
+
+def test_eval_checkpoint_that_is_not_a_directory(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    code, err = _run(["eval", SMOKE, f"model.path={tiny_model_dir}", "--checkpoint", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "is not a directory" in err
+
+
+def test_eval_checkpoint_of_unknown_layout_lists_the_accepted_ones(capsys, tiny_model_dir: Path, tmp_path) -> None:
+    code, err = _run(["eval", SMOKE, f"model.path={tiny_model_dir}", "--checkpoint", str(tmp_path)], capsys)
+    assert code == 2 and "neither a checkpoint (learner/learner_state.pt), a saved model" in err

@@ -398,7 +398,8 @@ def evaluate(workers: Workers, problems: list[Problem], tokens: Tokens, max_new_
     return {"eval/exact_match": float(exact_match(inputs).mean()), "eval/digit_accuracy": float(digit_accuracy(inputs).mean())}
 
 
-def rollout_metrics(groups: list[Group], seconds: float) -> dict[str, float]:
+def batch_metrics(groups: list[Group]) -> dict[str, float]:
+    """Reward and length statistics of the groups a step trains on (in async mode: as read from the store)."""
     samples = [s for g in groups for s in g.samples]
     rewards = torch.tensor([s.reward for s in samples])
     lengths = torch.tensor([float(s.num_response_tokens) for s in samples])
@@ -407,8 +408,12 @@ def rollout_metrics(groups: list[Group], seconds: float) -> dict[str, float]:
         "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
         "rollout/response_length_mean": float(lengths.mean()),
         "rollout/response_length_max": float(lengths.max()),
-        "perf/rollout_tokens_per_s": float(lengths.sum()) / max(seconds, 1e-9),
     }
+
+
+def rollout_metrics(groups: list[Group], seconds: float) -> dict[str, float]:
+    tokens = sum(g.num_response_tokens for g in groups)
+    return batch_metrics(groups) | {"perf/rollout_tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 def sample_rows(step: int, groups: list[Group], tokens: Tokens, n: int) -> list[dict]:
@@ -524,6 +529,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
         for step in tqdm(range(start_step, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
             t0 = time.perf_counter()
             groups, metrics = producer.next_batch() if producer else produce(step - 1, version)
+            metrics |= batch_metrics(groups)  # exactly the trained groups (async: maybe several batches, or restored)
             t1 = time.perf_counter()
             replayed = replay.sample(step, version, len(groups))
             batch = make_batch(cfg, groups + replayed)

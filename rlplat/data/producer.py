@@ -5,6 +5,10 @@ staleness <= k, the producer starts generating batch P only while P <= learner_v
 k = 0 is exactly synchronous, on-policy training. With on_stale="drop" the producer runs free (bounded only by
 the store's capacity) and the store drops groups that are too old when they are read.
 
+Metrics: each produced batch's metrics (timings, reward terms, APRIL) are kept under the ids of its groups, and a
+consumed batch gets the metrics of the produced batch most of its groups came from, so they stay matched when the
+store drops stale groups or a checkpoint restores groups produced by an earlier process (those have none).
+
 Shutdown: `stop()` sets a flag, calls `interrupt` (the controller aborts in-flight generation), and joins the
 thread. An exception in the producer thread is re-raised in the consumer by the next `next_batch`.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -42,7 +46,8 @@ class Producer:
         self._paused = False
         self._producing = False
         self.producer_wait_s = 0.0
-        self._metrics: deque[dict[str, float]] = deque()
+        self._batch_metrics: dict[int, dict[str, float]] = {}  # produced batch index -> its metrics
+        self._group_batch: dict[int, int] = {}  # group id -> index of the produced batch it came from
         self._cond = threading.Condition()
         self._stop = False
         self._error: BaseException | None = None
@@ -78,7 +83,8 @@ class Producer:
                         continue
                 self.producer_wait_s += time.perf_counter() - t1
                 with self._cond:
-                    self._metrics.append(metrics | {"async/producer_batch_version": float(version)})
+                    self._batch_metrics[index] = metrics | {"async/producer_batch_version": float(version)}
+                    self._group_batch |= {g.group_id: index for g in groups}
                     self.batches_produced += 1
                     self._producing = False
                     self._cond.notify_all()
@@ -99,8 +105,22 @@ class Producer:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no batch from the rollout producer within {timeout_s:.0f} s") from None
         with self._cond:
-            metrics = self._metrics.popleft() if self._metrics else {}
+            metrics = self._metrics_for(groups)
         return groups, metrics | {"async/producer_wait_s": self.producer_wait_s}
+
+    def _metrics_for(self, groups: list[Group]) -> dict[str, float]:
+        """The metrics of the produced batch most of `groups` came from ({} for groups restored from a checkpoint).
+        The store hands out groups oldest first, so groups of earlier batches not handed out by now were dropped
+        as stale: their entries are forgotten here, which keeps both maps bounded."""
+        origins = [self._group_batch.pop(g.group_id) for g in groups if g.group_id in self._group_batch]
+        if not origins:
+            return {}
+        chosen = Counter(origins).most_common(1)[0][0]
+        metrics = self._batch_metrics.get(chosen, {})
+        oldest = min(origins)
+        self._group_batch = {gid: b for gid, b in self._group_batch.items() if b >= oldest}
+        self._batch_metrics = {b: m for b, m in self._batch_metrics.items() if b in set(self._group_batch.values())}
+        return metrics
 
     def pause(self) -> None:
         """Let the batch in progress finish and start no new one (for a consistent checkpoint)."""

@@ -58,6 +58,8 @@ def test_resume_with_nonempty_store_and_partial_buffer(ray_session, tiny_model_d
     client = MlflowClient(second.tracking_uri)
     versions = [m.step for m in client.get_metric_history(second.run_id, "train/policy_version")]
     assert versions == [1, 2, 3, 4]
+    # every step, restored batches included, has its batch's reward statistics
+    assert [m.step for m in client.get_metric_history(second.run_id, "rollout/reward_mean")] == [1, 2, 3, 4]
     trained = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     group_ids = [g for t in trained for g in t["group_ids"]]
     assert len(group_ids) == len(set(group_ids)), "a group was trained twice"

@@ -86,3 +86,32 @@ def test_producer_error_surfaces_in_consumer() -> None:
     with pytest.raises(RuntimeError, match="rollout producer failed: ValueError: reward function 'bad'"):
         producer.next_batch(timeout_s=5)
     producer.stop()
+
+
+class DroppingStore(ListStore):
+    """Hands out one group per batch and drops (never returns) every group of batch index 1."""
+
+    def get_batch(self, num_groups, *, learner_version, timeout_s=None):
+        while True:
+            groups = super().get_batch(num_groups, learner_version=learner_version, timeout_s=timeout_s)
+            if groups[0].group_id // 100 != 1:
+                return groups
+
+
+def test_metrics_travel_with_their_groups_across_drops_and_restores() -> None:
+    def produce(index: int, version: int):
+        return [_group(100 * index, version)], {"rollout/batch_index": float(index)}
+
+    store = DroppingStore(capacity=8)
+    store.put([_group(999_000, 0)])  # restored from a checkpoint: produced by an earlier process
+    producer = Producer(produce, store, num_groups_per_batch=1, max_staleness=8, wait_for_learner=True)
+    producer.start()
+    seen = []
+    for version in range(4):
+        groups, metrics = producer.next_batch(timeout_s=10)
+        seen.append((groups[0].group_id, metrics.get("rollout/batch_index")))
+        producer.set_learner_version(version + 1)
+    producer.stop()
+    # FIFO pairing would have given the restored group batch 0's metrics and shifted every later batch by one.
+    assert seen == [(999_000, None), (0, 0.0), (200, 2.0), (300, 3.0)]
+    assert set(producer._batch_metrics) <= {3, 4, 5, 6, 7, 8, 9, 10, 11, 12}  # old entries are forgotten

@@ -311,7 +311,23 @@ def test_job_env_vars_do_not_collide_with_the_drivers(doc: str, rayjob: dict, mo
 
 def test_doc_says_what_is_planned(doc: str) -> None:
     section = doc.split("## What is implemented today, and what is planned", 1)[1].split("\n## ", 1)[0]
-    phrases = ("Planned (issue 9), not implemented", "placement groups", "NCCL", "FSDP2", "one CPU and nothing else")
-    for phrase in phrases:
-        assert phrase in section
-    assert "Do not run `configs/cluster_8gpu.yaml` before GPU placement lands" in doc
+    implemented, planned = section.split("Planned (issue 9), not implemented", 1)
+    for phrase in ("placement group", "--dry-run", "NCCL", "CUDA IPC", "rlplat eval SPEC --checkpoint DIR"):
+        assert phrase in implemented
+    for phrase in ("FSDP2", "Tensor-parallel", "GPUs for rewards", "sleep mode"):
+        assert phrase in planned
+
+
+def test_doc_dry_run_plans_are_what_the_cli_prints(doc: str, capsys) -> None:
+    from rlplat.cli import main
+
+    section = doc.split("## GPU layouts", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    for command in [line for line in block.splitlines() if line.startswith("$ python -m rlplat")]:
+        argv = shlex.split(command)[4:]
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        shown = block.split(command, 1)[1].split("\n$ ", 1)[0]
+        for line in shown.strip().splitlines():
+            if line.strip() != "...":
+                assert line in printed.splitlines(), (command, line)

@@ -134,9 +134,11 @@ def plan_for_cluster(cfg: RunConfig) -> PlacementPlan:
     return plan
 
 
-def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None) -> Workers:
-    """Start the rollout engines and the learner, in the plan's slots of placement group `pg` (None on CPU)."""
-    rollout = start_rollout(cfg, context_len, plan, pg)
+def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, *,
+                  engine_model_path: str = "") -> Workers:
+    """Start the rollout engines and the learner, in the plan's slots of placement group `pg` (None on CPU).
+    engine_model_path: weights the engines start from until the first sync (default: model.path, as the learner)."""
+    rollout = start_rollout(cfg, context_len, plan, pg, engine_model_path)
     learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
         str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
         seed=cfg.experiment.seed, lora=cfg.model.lora)

@@ -290,9 +290,13 @@ class LearnerConfig:
     # LM head matmul in fp32 on the fp32 master weights (ScaleRL: fewer trainer/generator mismatches). false: in
     # model.dtype under autocast; the log-softmax is fp32 either way. On GPU the fp32 head costs throughput.
     fp32_lm_head: bool = True
+    # Fused LM head: log-probs, their gradient and the entropy from chunks of this many tokens, never the whole
+    # micro-batch's [tokens, vocabulary] logits (rlplat/learners/fused_head.py). 0: the plain full-logits head.
+    head_chunk_tokens: int = 4096
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr must be > 0")
+        _check(self.head_chunk_tokens >= 0, "head_chunk_tokens must be >= 0 (0: the plain full-logits head)")
         _check(self.grad_clip_norm > 0, "grad_clip_norm must be > 0")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.micro_batch_size_in_tokens >= 1, "micro_batch_size_in_tokens must be >= 1")
@@ -319,10 +323,13 @@ class PlacementConfig:
     broadcast: a torch process group between the learner and every engine (NCCL on GPU, gloo on CPU), tensors sent
     one by one with no serialisation. ipc: CUDA IPC handles, for one engine colocated with the learner.
     auto: ipc when colocated with one engine, broadcast on separate GPUs, bytes on CPU.
+    reward_actor: rewards (e.g. TensorBLEU) run in a RewardActor: on GPU in a bundle of its own (one more GPU), or
+    colocated in bundle 0 with the engine and the learner.
     """
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
     colocate: bool = False
+    reward_actor: bool = False  # score rewards in a Ray actor (on GPU: with a GPU of its own) instead of the driver
     weight_sync: Literal["auto", "bytes", "broadcast", "ipc"] = "auto"
     placement_timeout_s: float = 120.0  # how long to wait for Ray to reserve the GPUs before failing with the numbers
 

@@ -11,6 +11,11 @@ counted once, the embedding lookup costs nothing), peak = 989e12 (H100 SXM dense
 score FLOPs (12 * layers * hidden * seq / 2 per token for causal attention, forward + backward: +8.9% at 2048
 tokens), which `mfu_with_attention` adds.
 `step` is the whole `train_step` (batching, forward, backward, AdamW, metrics). `--small` runs a tiny shape on CPU.
+
+Variants (`--configs`, each optionally `name@budget` for its micro-batch token budget): `amp_head`, `fp32_head` and
+`compile` take the plain LM head (full [tokens, V] logits); the `fused*` ones take the chunked fused head
+(`learners/fused_head.py`, the learner's default), `_fp32` with the fp32 head matmul, `_tf32` also allowing TF32 for
+it. `--profile SPEC` prints the kernel-time table of one extra step of the variant SPEC (`name@budget`).
 """
 
 from __future__ import annotations
@@ -79,13 +84,45 @@ def make_batch(num_seqs: int, seq_len: int, vocab: int, *, prompt_len: int = 256
     return TrainBatch(samples=samples, advantages=adv.tolist())
 
 
-def measure(model_dir: str, batch, *, budget: int, compile_: bool, fp32_head: bool, steps: int, dtype: str) -> dict:
+@dataclass(frozen=True, slots=True)
+class Variant:
+    compile: bool
+    fp32_head: bool
+    head_chunk_tokens: int  # 0: the plain full-logits head
+    tf32: bool = False
+    flash_only: bool = False  # SDPA may use only FlashAttention (cuDNN and memory-efficient attention off)
+
+
+VARIANTS = {
+    "amp_head": Variant(compile=False, fp32_head=False, head_chunk_tokens=0),
+    "fp32_head": Variant(compile=False, fp32_head=True, head_chunk_tokens=0),
+    "compile": Variant(compile=True, fp32_head=False, head_chunk_tokens=0),
+    "fused": Variant(compile=False, fp32_head=False, head_chunk_tokens=4096),
+    "fused_fp32": Variant(compile=False, fp32_head=True, head_chunk_tokens=4096),
+    "compile_fused": Variant(compile=True, fp32_head=False, head_chunk_tokens=4096),
+    "compile_fused_8k": Variant(compile=True, fp32_head=False, head_chunk_tokens=8192),
+    "compile_fused_fp32": Variant(compile=True, fp32_head=True, head_chunk_tokens=4096),
+    "compile_fused_fp32_tf32": Variant(compile=True, fp32_head=True, head_chunk_tokens=4096, tf32=True),
+    "compile_flash": Variant(compile=True, fp32_head=False, head_chunk_tokens=0, flash_only=True),
+    "compile_fused_flash": Variant(compile=True, fp32_head=False, head_chunk_tokens=4096, flash_only=True),
+}
+
+
+def measure(model_dir: str, batch, *, budget: int, variant: Variant, steps: int, dtype: str,
+            profile: bool = False) -> dict:
     """Build a learner, warm up one step, time `steps` train_steps; returns timings and peak memory."""
     from rlplat.config import AlgorithmConfig, LearnerConfig
     from rlplat.learners.policy import PolicyLearner
 
-    cfg = LearnerConfig(lr=1e-6, micro_batch_size_in_tokens=budget, compile=compile_, fp32_lm_head=fp32_head)
-    learner = PolicyLearner(model_dir, cfg, AlgorithmConfig(), dtype=dtype, seed=0)
+    cfg = LearnerConfig(lr=1e-6, micro_batch_size_in_tokens=budget, compile=variant.compile,
+                        fp32_lm_head=variant.fp32_head)
+    torch.backends.cuda.matmul.allow_tf32 = variant.tf32  # only the fp32 head runs fp32 matmuls
+    torch.backends.cuda.enable_cudnn_sdp(not variant.flash_only)
+    torch.backends.cuda.enable_mem_efficient_sdp(not variant.flash_only)
+    if variant.compile:
+        torch._dynamo.reset()  # a fresh learner compiles for its own shapes (no automatic-dynamic recompile)
+    learner = PolicyLearner(model_dir, cfg, AlgorithmConfig(), dtype=dtype, seed=0,
+                            head_chunk_tokens=variant.head_chunk_tokens)
     cuda = learner.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
@@ -101,7 +138,12 @@ def measure(model_dir: str, batch, *, budget: int, compile_: bool, fp32_head: bo
         sync()
         times.append(time.perf_counter() - t0)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    if profile:
+        _profile_step(learner, batch)
     del learner
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    torch.backends.cuda.enable_mem_efficient_sdp(True)
     if cuda:
         torch.cuda.empty_cache()
     return {"step_s": min(times), "step_s_mean": sum(times) / len(times), "warmup_s": warmup, "peak_gib": peak_gib,
@@ -114,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 2048; --small 128)")
     p.add_argument("--num-seqs", type=int, default=None, help="sequences per step (default 32; --small 8)")
     p.add_argument("--budgets", default=None, help="micro-batch token budgets to try (default 16384,8192)")
-    p.add_argument("--configs", default="amp_head,fp32_head,compile",
-                   help="variants: amp_head (bf16 LM head), fp32_head (fp32 LM head), "
-                        "compile (amp head + torch.compile)")
+    p.add_argument("--configs", default="amp_head,fp32_head,compile,fused,fused_fp32",
+                   help=f"variants, each optionally NAME@BUDGET: {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
     p.add_argument("--time-limit", type=float, default=330.0, help="skip variants that would start after this many s")
+    p.add_argument("--profile", default="", help="NAME@BUDGET: kernel-time table of one more step of that variant")
     p.add_argument("--json-out", default=os.environ.get("OUT", ""), help="directory for results.json")
     args = p.parse_args(argv)
     shape = SMALL if args.small else QWEN25_05B
@@ -163,27 +205,56 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_variants(model_dir: str, batch, args: argparse.Namespace, budgets: list[int], dtype: str, start: float) -> list:
-    """amp_head at every budget first; the other variants at the fastest budget found. Failures are recorded."""
-    variants = {"amp_head": (False, False), "fp32_head": (False, True), "compile": (True, False)}
+    """Each NAME@BUDGET at its budget; a bare amp_head at every budget, any other bare name at the fastest budget
+    found so far (or the first). Failures are recorded."""
     results: list[dict] = []
-    for name in [v.strip() for v in args.configs.split(",") if v.strip()]:
-        compile_, fp32_head = variants[name]
+    specs = [v.strip() for v in args.configs.split(",") if v.strip()]
+    for spec in specs:
+        name, _, at = spec.partition("@")
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         timed = [r for r in results if "step_s" in r]
-        todo = budgets if name == "amp_head" or not timed else [min(timed, key=lambda r: r["step_s"])["budget"]]
+        if at:
+            todo = [int(at)]
+        else:
+            todo = budgets if name == "amp_head" or not timed else [min(timed, key=lambda r: r["step_s"])["budget"]]
         for budget in todo:
             if time.perf_counter() - start > args.time_limit:
                 results.append({"variant": name, "budget": budget, "error": "skipped: time limit"})
                 continue
             try:
-                r = measure(model_dir, batch, budget=budget, compile_=compile_, fp32_head=fp32_head,
-                            steps=args.steps, dtype=dtype)
+                r = measure(model_dir, batch, budget=budget, variant=VARIANTS[name], steps=args.steps, dtype=dtype,
+                            profile=args.profile == f"{name}@{budget}")
             except Exception as e:  # OOM or a compile failure: record it and go on with the next variant
                 r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                torch.backends.cuda.matmul.allow_tf32 = False
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             results.append({"variant": name, "budget": budget, **r})
             print(json.dumps(results[-1]), flush=True)
     return results
+
+
+def _profile_step(learner, batch) -> None:  # learner: PolicyLearner
+    """Print the top kernels of one train_step by device time (CPU: by CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        learner.train_step(batch)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    print(events.table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
+    groups = {"matmul": ("gemm", "xmma", "cutlass", "nvjet", "cublas"), "attention": ("flash", "fmha", "attention"),
+              "triton (compiled elementwise/reductions)": ("triton",), "optimizer": ("adam",)}
+    totals: dict[str, float] = {}
+    for e in events:
+        group = next((g for g, keys in groups.items() if any(k in e.key.lower() for k in keys)), "other")
+        totals[group] = totals.get(group, 0.0) + getattr(e, key) / 1e3
+    print("kernel ms by kind: " + ", ".join(f"{g} {ms:.1f}" for g, ms in sorted(totals.items(), key=lambda x: -x[1])),
+          flush=True)
 
 
 def _peak_flops() -> float:

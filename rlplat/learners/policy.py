@@ -11,9 +11,11 @@ Plain object (no Ray): `rlplat.actors.learner.LearnerActor` wraps one. One `trai
      linear LR warm-up; the critic takes its own step on the same mini-batch.
 
 Mechanics: log-probs are computed in fp32 at the LM head (the head's matmul runs in fp32 on the fp32 master
-weights). With `model.dtype` bfloat16/float16 the backbone runs under autocast and the optimizer updates fp32
-master weights. Rows are right-padded and attention is causal, so no attention mask is passed: a real token never
-attends to the padding after it, and SDPA can take its fused causal (flash) path.
+weights, or in the autocast dtype without `fp32_lm_head`). The head is fused and chunked (`fused_head.py`): log-probs,
+their gradient and the entropy metric come from chunks of `head_chunk_tokens` tokens, never the whole micro-batch's
+[tokens, vocabulary] logits. With `model.dtype` bfloat16/float16 the backbone runs under autocast and the optimizer
+updates fp32 master weights. Rows are right-padded and attention is causal, so no attention mask is passed: a real
+token never attends to the padding after it, and SDPA can take its fused causal (flash) path.
 
 Reference policies hold no second model: a frozen policy is a snapshot of the trainable tensors, swapped into
 the live parameters for a no-grad forward (`swapped`); with LoRA the reference is the adapter-disabled base.
@@ -43,6 +45,7 @@ from rlplat.algos.losses import (
 from rlplat.algos.remix import kl_convex_lambda, kl_convex_penalty, mix_ppo_clip_loss
 from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.critic import Critic
+from rlplat.learners.fused_head import DEFAULT_CHUNK_TOKENS, fused_linear_logp
 from rlplat.learners.lora import apply_lora, is_peft_model, merged_state_dict
 from rlplat.learners.microbatch import MicroBatch, make_micro_batches, split_minibatches
 from rlplat.rollout.weight_sync import state_dict_to_bytes, to_engine_layout, weights_checksum
@@ -82,8 +85,11 @@ class Prepared:
 class PolicyLearner:
     def __init__(
         self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int,
-        lora: LoraConfig | None = None,
+        lora: LoraConfig | None = None, head_chunk_tokens: int | None = None,
     ) -> None:
+        """head_chunk_tokens (default: learner.head_chunk_tokens): token chunk of the fused LM head; 0 takes the plain
+        path (full logits, then the log-softmax), which is also used when the output embedding is not a plain
+        nn.Linear (e.g. LoRA on lm_head)."""
         from transformers import AutoModelForCausalLM
 
         seed_everything(seed)
@@ -102,6 +108,10 @@ class PolicyLearner:
         self._decoder = torch.compile(decoder) if cfg.compile else decoder
         self._logp_fn = torch.compile(logp_from_logits, dynamic=True) if cfg.compile else logp_from_logits
         self._entropy_fn = torch.compile(entropy_from_logits, dynamic=True) if cfg.compile else entropy_from_logits
+        fused_ok = type(self.model.get_output_embeddings()) is torch.nn.Linear
+        chunk = cfg.head_chunk_tokens if head_chunk_tokens is None else head_chunk_tokens
+        self.head_chunk_tokens = chunk if fused_ok else 0
+        self._head_dtype = torch.float32 if cfg.fp32_lm_head or self.amp_dtype is None else self.amp_dtype
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
             fused=self.device.type == "cuda" and cfg.fused_optimizer,
@@ -206,8 +216,7 @@ class PolicyLearner:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}  # device scalars: no host sync inside the micro-batch loop
         for p, weight in zip(preps, weights, strict=True):
-            logits = self._logits(p.mb.input_ids)
-            logp = self._logp_fn(logits, p.mb.targets)
+            logp, entropy = self._logp_entropy(p.mb, entropy_mask=p.mask)
             if p.logp_old is None:  # single on-policy pass: this forward's log-probs are log pi_k
                 self._set_old(p, logp.detach())
             loss, m = self._policy_loss(logp, p, count, norm_len)
@@ -216,12 +225,12 @@ class PolicyLearner:
             _add(sums, "loss/policy", loss.detach())
             for key, value in kl_metrics.items():
                 _add(sums, key, value)
-            _add(sums, "train/entropy", weight * masked_entropy(logits.detach(), p.mask, fn=self._entropy_fn))
+            _add(sums, "train/entropy", weight * _t(entropy))
             for name in ("clip_frac", "approx_kl", "ratio_mean"):
                 _add(sums, f"train/{name}", weight * m[name])
             if "centre_mean" in m:
                 _add(sums, "remix/clip_centre_mean", weight * m["centre_mean"])
-            del logits, logp, loss, kl
+            del logp, loss, kl
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -278,24 +287,48 @@ class PolicyLearner:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _logits(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None) -> Tensor:
-        """[b, L-1, V] logits of every position but the last: the backbone under autocast, then the LM head in fp32
-        on the fp32 master weights (`fp32_lm_head`) or in the autocast dtype. Consumers take the log-softmax in fp32."""
-        head = self.model.get_output_embeddings()
+    def _hidden(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None) -> Tensor:
+        """[b, L-1, H] final hidden states of every position but the last (the backbone under autocast)."""
         with self._autocast():
-            hidden = (decoder or self._decoder)(input_ids=input_ids).last_hidden_state[:, :-1]
-            if not self.cfg.fp32_lm_head:
+            return (decoder or self._decoder)(input_ids=input_ids).last_hidden_state[:, :-1]
+
+    def _logits(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None) -> Tensor:
+        """[b, L-1, V] logits (the plain path): the LM head in fp32 on the fp32 master weights (`fp32_lm_head`) or in
+        the autocast dtype. Consumers take the log-softmax in fp32."""
+        head = self.model.get_output_embeddings()
+        hidden = self._hidden(input_ids, decoder)
+        if not self.cfg.fp32_lm_head:
+            with self._autocast():
                 return head(hidden)
         bias = None if head.bias is None else head.bias.float()
         return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
+    def _logp_entropy(
+        self, mb: MicroBatch, *, entropy_mask: Tensor | None = None, decoder: Callable[..., Any] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """[b, L-1] f32 log-probs of mb's targets (differentiable under grad) and, given a mask, the token-mean
+        entropy over it (0-dim, no grad). `decoder` None: the (compiled) live decoder."""
+        if self.head_chunk_tokens <= 0:
+            logits = self._logits(mb.input_ids, decoder)
+            logp = (self._logp_fn if decoder is None else logp_from_logits)(logits, mb.targets)
+            if entropy_mask is None:
+                return logp, None
+            return logp, masked_entropy(logits.detach(), entropy_mask, fn=self._entropy_fn)
+        head = self.model.get_output_embeddings()
+        logp, entropy = fused_linear_logp(
+            self._hidden(mb.input_ids, decoder), head.weight, mb.targets, head.bias, chunk_size=self.head_chunk_tokens,
+            compute_dtype=self._head_dtype, with_entropy=entropy_mask is not None, compile=self.cfg.compile)
+        if entropy_mask is None:
+            return logp, None
+        return logp, (_t(entropy) * entropy_mask).sum() / entropy_mask.sum().clamp(min=1)
+
     def _logp(self, mb: MicroBatch, policy: FrozenPolicy | None = None) -> Tensor:
         """No-grad log-probs of mb's tokens under the live weights, or under a frozen policy."""
         if policy is None:
-            return self._logp_fn(self._logits(mb.input_ids), mb.targets)
+            return self._logp_entropy(mb)[0]
         ctx = self.model.disable_adapter() if policy == BASE else swapped(self.params, policy)  # type: ignore[operator]
         with ctx:  # eager decoder: swapped tensors must not meet a compiled graph's guards
-            return logp_from_logits(self._logits(mb.input_ids, self.model.get_decoder()), mb.targets)
+            return self._logp_entropy(mb, decoder=self.model.get_decoder())[0]
 
     # ---------------------------------------------------------------------------------------------------- weights
     def engine_state_dict(self) -> dict[str, Tensor]:

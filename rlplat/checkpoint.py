@@ -36,7 +36,7 @@ class DriverState:
     policy_version: int
     run_id: str
     cursor: dict[str, int]
-    partial_buffer: list[Group] = field(default_factory=list)
+    partial_buffer: list[Any] = field(default_factory=list)  # APRIL: Groups, or EpisodeGroups with env episodes
     store_groups: list[Group] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)
     replay: dict[str, Any] = field(default_factory=dict)  # ReMix replay buffer (groups of past versions, RNGs)

@@ -19,14 +19,16 @@ import ray
 import torch
 
 from rlplat.actors.learner import LearnerActor
+from rlplat.actors.reward import RewardActor
 from rlplat.actors.placement_group import actor_options, cluster_gpu_count, release, reserve
 from rlplat.actors.rollout import RolloutActor
 from rlplat.actors.rollout_manager import RemoteRolloutWorker, RolloutManager
 from rlplat.algos.advantages import ADVANTAGE_FNS
 from rlplat import checkpoint as ck
-from rlplat.config import ConfigError, RunConfig, dump_yaml
+from rlplat.config import ConfigError, RewardConfig, RunConfig, dump_yaml
 from rlplat.data.producer import Producer
 from rlplat.envs.agent_loop import episode_budget, episode_format, make_episode_env, play_episodes
+from rlplat.envs.episode_april import EpisodeAprilManager, make_episode_april
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
 from rlplat.envs.text_env import EnvPoolTextEnv
 from rlplat.learners.replay import ReplayBuffer
@@ -58,6 +60,21 @@ class Workers:
     weight_sync: str = "bytes"  # placement.weight_sync, resolved: bytes | broadcast | ipc
     weight_group_open: bool = False  # broadcast: learner and engines have joined one process group
     placement_group: object = None  # Ray placement group of a GPU plan (None on CPU)
+    reward: object = None  # RewardActor handle (placement.reward_actor); None: rewards are scored in the driver
+
+
+Partial = RolloutManager | EpisodeAprilManager | None  # APRIL's manager for prompts or for env episodes
+
+
+def make_partial(cfg: RunConfig, workers: Workers) -> Partial:
+    """APRIL (`rollout.partial`): the prompt manager, or the episode manager with its own env pool; its `state()`
+    is the partial buffer a checkpoint carries."""
+    if not cfg.rollout.partial.enabled:
+        return None
+    if cfg.env.task_id:
+        return make_episode_april(cfg.env, cfg.rollout.partial, num_groups_per_step=cfg.rollout.num_prompts_per_step,
+                                  group_size=cfg.rollout.num_samples_per_prompt)
+    return RolloutManager(workers.rollout, cfg.rollout.partial)
 
 
 class Tokens:
@@ -142,8 +159,18 @@ def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
     learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
         str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
         seed=cfg.experiment.seed, lora=cfg.model.lora)
+    reward = None
+    if plan.reward is not None:
+        reward = RewardActor.options(**actor_options(plan.reward, pg)).remote(absolute_reward_paths(cfg.reward))
     return Workers(rollout=rollout, learner=learner, call_timeout_s=cfg.cluster.call_timeout_s,
-                   weight_sync=plan.weight_sync, placement_group=pg)
+                   weight_sync=plan.weight_sync, placement_group=pg, reward=reward)
+
+
+def absolute_reward_paths(cfg: RewardConfig) -> RewardConfig:
+    """User reward files (`file.py:fn`) as absolute paths: an actor's working directory is not the driver's."""
+    terms = tuple(dataclasses.replace(t, name=f"{Path(t.name.rpartition(':')[0]).resolve()}:{t.name.rpartition(':')[2]}")
+                  if t.name.rpartition(":")[0].endswith(".py") else t for t in cfg.terms)
+    return dataclasses.replace(cfg, terms=terms)
 
 
 def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, model_path: str = "") -> list:
@@ -228,13 +255,18 @@ def recover_rollout_workers(workers: Workers, version: int) -> int:
     return resynced
 
 
-def rollout_step(cfg: RunConfig, workers: Workers, april: RolloutManager | None, cursor: PromptCursor, tokens: Tokens,
+def rollout_step(cfg: RunConfig, workers: Workers, april: Partial, cursor: PromptCursor, tokens: Tokens,
                  sampling: SamplingOptions, step: int, version: int,
                  env: EnvPoolTextEnv | None = None) -> tuple[list[Group], dict[str, float]]:
     """This step's N complete groups: one synchronous full batch, or APRIL (`rollout.partial.enabled`): partial
     buffer first, then fresh prompts, abort once N are complete; returns the groups and APRIL's metrics.
-    With `env` (env.task_id set): N groups of env episodes instead, and env metrics."""
+    With `env` (env.task_id set): N groups of env episodes instead, and env metrics; with APRIL, `april` is the
+    episode manager (`make_episode_april`), which continues cut episodes next step."""
     if env is not None:
+        if isinstance(april, EpisodeAprilManager):
+            return play_episodes_april_step(cfg, workers, april, tokens, sampling, step, version)
+        if april is not None or cfg.rollout.partial.enabled:
+            raise TypeError("rollout.partial with env episodes needs an EpisodeAprilManager (make_episode_april)")
         return play_episodes_step(cfg, workers, env, tokens, sampling, step, version)
     for attempt in range(MAX_ROLLOUT_RETRIES + 1):
         first_id = step * 1_000_000 + attempt * 100_000  # fresh() runs at most once per attempt: ids stay unique
@@ -268,16 +300,24 @@ def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[fl
     )
 
 
-def score(cfg: RunConfig, groups: list[Group], tokens: Tokens) -> dict[str, float]:
-    """Set `sample.reward` on every sample; returns reward metrics."""
+def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, reward_actor=None) -> dict[str, float]:
+    """Set `sample.reward` on every sample; returns reward metrics. Scored in the driver, or by `reward_actor`
+    (placement.reward_actor) with the same functions and the same RewardError on a failure."""
     samples = [s for g in groups for s in g.samples]
     env_returns = [s.reward or 0.0 for s in samples] if cfg.env.task_id else None  # set by play_episodes
     inputs = reward_inputs(samples, tokens, env_returns=env_returns)
-    terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
-                                            target_length_in_tokens=t.target_length_in_tokens))
-             for t in cfg.reward.terms]
-    rewards, metrics = combined_reward(terms, inputs, timeout_s=cfg.reward.timeout_s)
-    for s, r in zip(samples, rewards.tolist(), strict=True):
+    if reward_actor is not None:
+        scored = get(reward_actor.score.remote(inputs), "reward", cfg.cluster.call_timeout_s)
+        if isinstance(scored, str):
+            raise RewardError(scored)
+        rewards, metrics = scored
+    else:
+        terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
+                                                target_length_in_tokens=t.target_length_in_tokens))
+                 for t in cfg.reward.terms]
+        total, metrics = combined_reward(terms, inputs, timeout_s=cfg.reward.timeout_s)
+        rewards = total.tolist()
+    for s, r in zip(samples, rewards, strict=True):
         s.reward = r
     return metrics
 
@@ -433,8 +473,6 @@ def check_env(cfg: RunConfig, tokens: Tokens) -> int:
     if not any(t.name == "env_return" for t in cfg.reward.terms):
         raise ConfigError("reward.terms: env.task_id is set but no term is env_return, so episode returns "
                           "would be ignored")
-    if cfg.rollout.partial.enabled:
-        raise ConfigError("rollout.partial: APRIL does not continue env episodes across steps yet; disable one of them")
     try:
         env = make_episode_env(cfg.env, num_envs=8)
     except ValueError as e:
@@ -458,6 +496,30 @@ def play_episodes_step(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv, to
         budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
         fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
     return batch.groups, batch.metrics
+
+
+def play_episodes_april_step(cfg: RunConfig, workers: Workers, april: EpisodeAprilManager, tokens: Tokens,
+                             sampling: SamplingOptions, step: int,
+                             version: int) -> tuple[list[Group], dict[str, float]]:
+    """Step `step`'s groups with APRIL: episodes cut last step continue first (their envs replayed from seed and
+    actions), then fresh seeds cfg.env.seed + (step - 1) * N' + k; stops once N groups are complete. If a rollout
+    actor dies, every group stays in the manager's buffer and the step is retried on the recovered actors."""
+    n = cfg.rollout.num_prompts_per_step
+    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+        try:
+            batch = asyncio.run(april.collect(
+                [RemoteRolloutWorker(w) for w in workers.rollout], tokens, num_groups=n,
+                first_seed=cfg.env.seed + (step - 1) * april.num_groups_to_issue(n),
+                first_group_id=step * 1_000_000 + attempt * 100_000,
+                budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
+                fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
+            return batch.groups, batch.metrics
+        except ray.exceptions.RayActorError as e:
+            if attempt == MAX_ROLLOUT_RETRIES:
+                raise
+            log.warning("a rollout worker died mid-step (%s); its episodes wait in the buffer", type(e).__name__)
+            recover_rollout_workers(workers, version)
+    raise AssertionError("unreachable")
 
 
 def evaluate_policy(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv | None, problems: list[Problem],
@@ -496,7 +558,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     tracker.set_tag("rlplat.placement", plan.describe())
     workers = start_workers(cfg, max_context_length(cfg.model.path), plan, pg)
     # APRIL (rollout.partial); `april.state()` is its partial buffer, which a checkpoint must carry
-    april = RolloutManager(workers.rollout, cfg.rollout.partial) if cfg.rollout.partial.enabled else None
+    april = make_partial(cfg, workers)
     env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # pool in the driver
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
@@ -519,7 +581,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
                                             policy_version, env=env)
             t_scored = time.perf_counter()
             try:
-                produced |= score(cfg, groups, tokens)
+                produced |= score(cfg, groups, tokens, workers.reward)
             except RewardError as e:  # keep the step's samples: a fixed reward can score them later
                 raise RewardError(f"{e}; the step's samples are saved in {save_unscored(cfg, batch_index + 1, groups)}") from e
             return groups, produced | rollout_metrics(groups, t_scored - t_start) | {
@@ -579,6 +641,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
         shutdown_workers(workers)
         if env is not None:
             env.close()
+        if isinstance(april, EpisodeAprilManager):
+            april.close()
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)
 
 
@@ -596,8 +660,8 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
     out_dir = cfg.output_dir / "eval" / f"{source.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     model_dir = materialise(source, cfg, out_dir / "model")
     init_ray(cfg)
-    engines_only = dataclasses.replace(cfg, placement=dataclasses.replace(cfg.placement, colocate=True,
-                                                                          weight_sync="bytes"))
+    engines_only = dataclasses.replace(cfg, placement=dataclasses.replace(
+        cfg.placement, colocate=True, reward_actor=False, weight_sync="bytes"))
     plan = plan_for_cluster(engines_only)  # no learner: with colocate its slot costs no GPU
     pg = reserve(plan, cfg.placement.placement_timeout_s)
     tags = {"mlflow.runName": f"eval-{cfg.experiment.name}", "rlplat.run_type": "eval",
@@ -615,7 +679,7 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
             sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
             groups = generate(workers, groups, sampling, -1)
-            metrics |= {f"eval/sampled_{k}": v for k, v in score(cfg, groups, tokens).items()}  # per reward term
+            metrics |= {f"eval/sampled_{k}": v for k, v in score(cfg, groups, tokens, workers.reward).items()}  # per reward term
             metrics |= sampled_eval_metrics(groups)
             tracker.log_table(sample_rows(source.step, groups, tokens, cfg.tracking.num_logged_samples),
                               "samples/eval.json")
@@ -653,7 +717,7 @@ def find_checkpoint(cfg: RunConfig, *, required: bool) -> tuple[Path, ck.DriverS
 
 
 def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
-                    april: RolloutManager | None, producer: Producer | None, replay: ReplayBuffer) -> Path:
+                    april: Partial, producer: Producer | None, replay: ReplayBuffer) -> Path:
     """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
     root = ck.checkpoint_root(cfg.output_dir)
     if producer:
@@ -672,7 +736,7 @@ def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, worker
 
 
 def restore_checkpoint(resumed: tuple[Path, ck.DriverState], workers: Workers, cursor: PromptCursor,
-                       april: RolloutManager | None) -> int:
+                       april: Partial) -> int:
     """Load a checkpoint into fresh workers; returns the policy version (the engines get those weights)."""
     path, state = resumed
     ray.get(workers.learner.load_state.remote(str((path / "learner").resolve())))
@@ -712,8 +776,9 @@ def shutdown_workers(workers: Workers) -> None:
         except Exception:  # best effort: the actor may already be gone
             pass
         ray.kill(w)
-    if workers.learner is not None:
-        ray.kill(workers.learner)
+    for actor in (workers.learner, workers.reward):
+        if actor is not None:
+            ray.kill(actor)
     release(workers.placement_group)
 
 

@@ -5,4 +5,6 @@
 - `renderers`: one `Renderer` per supported task, turning an observation into text and a reply into an action.
   `RENDERERS` maps task ids to them.
 - `registry`: `make_text_env(task_id, num_envs, ...)` checks the task id and picks its renderer.
+- `agent_loop`: `play_episodes`, a language model playing a batch of episodes turn by turn, one `Sample` each.
+- `episode_april`: APRIL for episodes: stop at N complete groups, continue the cut episodes next step.
 """

@@ -10,13 +10,15 @@ An episode's response tokens interleave model turns and environment turns:
 The action text is the decoded model turn (special tokens skipped); the env's renderer parses it, and an
 unparseable reply plays the renderer's default action with the env's invalid-action penalty (never a crash). An
 episode ends when the env says done (finish_reason STOP), after `max_turns` model turns, or when the next env
-turn plus one model token would not fit the token budget (finish_reason LENGTH for both). The observation after
-the last action is never appended: no model token would follow it, so it could not be trained on.
+turn plus one model token would not fit the token budget (finish_reason LENGTH for both; the env of such an
+episode is released, so EnvPool's sync mode keeps stepping the others). The observation after the last action is
+never appended: no model token would follow it, so it could not be trained on.
 
 Groups: every seed is played `num_samples_per_seed` times, all episodes of one seed forming one GRPO group (envs
 given equal seeds start from identical states). The whole step's episodes share one `TextEnv` with
 num_envs = seeds x samples; each turn every live episode generates (one batched `generate` per worker) and then
-every live episode steps at once (one `env.step`).
+every live episode steps at once (one `env.step`). With APRIL (`rlplat.envs.episode_april`) a step stops once N
+groups are complete and the other episodes continue next step; every episode records its action texts for that.
 
 Reward: the episode return R = return_scale * sum over turns of the env reward, where an invalid action's reward
 includes the env's `invalid_action_penalty` (that penalty is the only shaping). It is stored in `sample.reward`,
@@ -122,11 +124,13 @@ class Episode:
     num_invalid_actions: int = 0
     env_done: bool = False  # the env ended the episode (terminated or truncated by its step limit)
     turn_start: int = 0  # index in the response where the current model turn starts
+    actions: list[str] = field(default_factory=list)  # action text of every turn played (replayed by APRIL)
+    observation: str = ""  # the latest rendered observation (APRIL checks its replay against it)
 
 
 @dataclass(slots=True)
 class EpisodeBatch:
-    """One step's episodes, grouped by seed, and their metrics ("env/..." and "time/env_s")."""
+    """One step's episodes, grouped by seed, and their metrics ("env/...", "time/env_s"; with APRIL "april/...")."""
 
     groups: list[Group]
     episodes: list[Episode]
@@ -157,47 +161,67 @@ async def play_episodes(
     if env.num_envs != len(seeds) * num_samples_per_seed:
         raise ValueError(f"env has {env.num_envs} envs; {len(seeds)} seeds x {num_samples_per_seed} samples need "
                          f"{len(seeds) * num_samples_per_seed}")
-    clock = _Clock()
-    codec = _MemoCodec(codec)
+    clock = Clock()
+    codec = MemoCodec(codec)
     with clock:
         env_seeds = [int(s) for s in seeds for _ in range(num_samples_per_seed)]
         first = env.reset(env_seeds)
-        prompts = [codec.encode(fmt.prompt(obs, env.spec.action_help)) for obs in first]
-    episodes = [
-        Episode(sample=Sample(group_id=first_group_id + i // num_samples_per_seed,
-                              sample_index=i % num_samples_per_seed, prompt_id=seed, prompt_token_ids=prompt),
-                env_id=i, seed=seed)
-        for i, (seed, prompt) in enumerate(zip(env_seeds, prompts, strict=True))
-    ]
-    for ep in episodes:
-        if _tokens_left(ep, budget) < 1:
-            raise ValueError(f"the prompt of episode {ep.env_id} ({len(ep.sample.prompt_token_ids)} tokens) leaves no "
-                             f"room for a model turn within the context of {budget.max_context_tokens} tokens")
+    groups = start_groups(first, env.spec.action_help, codec, fmt, budget, seeds=seeds,
+                          num_samples_per_seed=num_samples_per_seed, first_group_id=first_group_id, clock=clock)
+    episodes = [ep for g in groups for ep in g]
     live = episodes
     while live:
-        await _model_turn(live, workers, budget, sampling, policy_version, num_samples_per_seed)
-        live = _env_turn(env, live, codec, budget, fmt, policy_version, clock)
+        live = await play_turn(env, live, workers, codec, budget, fmt, sampling, policy_version, clock)
     for ep in episodes:
-        ep.sample.reward = fmt.return_scale * ep.env_return
         ep.sample.validate()
-    groups = [Group(group_id=first_group_id + k, prompt_id=int(seed),
-                    samples=[ep.sample for ep in episodes[k * num_samples_per_seed:(k + 1) * num_samples_per_seed]])
-              for k, seed in enumerate(seeds)]
-    return EpisodeBatch(groups=groups, episodes=episodes, metrics=episode_metrics(episodes) | {"time/env_s": clock.s})
+    return EpisodeBatch(groups=[Group(group_id=first_group_id + k, prompt_id=int(seed), samples=[ep.sample for ep in g])
+                                for k, (seed, g) in enumerate(zip(seeds, groups, strict=True))],
+                        episodes=episodes, metrics=episode_metrics(episodes) | {"time/env_s": clock.s})
+
+
+def start_groups(first_observations: Sequence[str], action_help: str, codec: Codec, fmt: EpisodeFormat,
+                 budget: EpisodeBudget, *, seeds: Sequence[int], num_samples_per_seed: int, first_group_id: int,
+                 clock: Clock, first_env_id: int = 0) -> list[list[Episode]]:
+    """New episodes, one list per seed: episode i of seed k plays in env first_env_id + k * n + i, whose first
+    observation is first_observations[k * n + i] (n = num_samples_per_seed). Group k gets id first_group_id + k."""
+    groups = []
+    for k, seed in enumerate(seeds):
+        group = []
+        for i in range(num_samples_per_seed):
+            j = k * num_samples_per_seed + i
+            with clock:
+                prompt = codec.encode(fmt.prompt(first_observations[j], action_help))
+            sample = Sample(group_id=first_group_id + k, sample_index=i, prompt_id=int(seed), prompt_token_ids=prompt)
+            ep = Episode(sample=sample, env_id=first_env_id + j, seed=int(seed), observation=first_observations[j])
+            if _tokens_left(ep, budget) < 1:
+                raise ValueError(f"the prompt of episode {ep.env_id} ({len(prompt)} tokens) leaves no room for a "
+                                 f"model turn within the context of {budget.max_context_tokens} tokens")
+            group.append(ep)
+        groups.append(group)
+    return groups
+
+
+async def play_turn(env: TextEnv, live: list[Episode], workers: Sequence[TurnWorker], codec: Codec,
+                    budget: EpisodeBudget, fmt: EpisodeFormat, sampling: SamplingOptions, version: int,
+                    clock: Clock) -> list[Episode]:
+    """One turn of every live episode (a model turn, then one env step each); returns those still live."""
+    await _model_turn(live, workers, budget, sampling, version)
+    return _env_turn(env, live, codec, budget, fmt, version, clock)
 
 
 async def _model_turn(live: list[Episode], workers: Sequence[TurnWorker], budget: EpisodeBudget,
-                      sampling: SamplingOptions, version: int, group_size: int) -> None:
+                      sampling: SamplingOptions, version: int) -> None:
     """One turn for every live episode: requests carry the context so far as their prompt, so each generates
-    only this turn's tokens. A group stays on one worker (its prefix cache). Requests are batched per worker and
-    per token cap (the cap is below max_new_tokens_per_turn only where the episode's token budget is nearly spent)."""
+    only this turn's tokens. A group stays on one worker (group_id mod workers: its prefix cache, across steps
+    too). Requests are batched per worker and per token cap (the cap is below max_new_tokens_per_turn only where
+    the episode's token budget is nearly spent)."""
     calls: dict[tuple[int, int], list[tuple[Episode, Sample]]] = {}
     for ep in live:
         s = ep.sample
         request = Sample(group_id=s.group_id, sample_index=s.sample_index, prompt_id=s.prompt_id,
                          prompt_token_ids=s.prompt_token_ids + s.response_token_ids)
         cap = min(budget.max_new_tokens_per_turn, _tokens_left(ep, budget))
-        calls.setdefault(((ep.env_id // group_size) % len(workers), cap), []).append((ep, request))
+        calls.setdefault((s.group_id % len(workers), cap), []).append((ep, request))
     batches = list(calls.items())
     outs = await asyncio.gather(*(
         workers[w].generate([r for _, r in pairs], _with_budget(sampling, cap), version)
@@ -215,32 +239,38 @@ async def _model_turn(live: list[Episode], workers: Sequence[TurnWorker], budget
 
 
 def _env_turn(env: TextEnv, live: list[Episode], codec: Codec, budget: EpisodeBudget, fmt: EpisodeFormat,
-              version: int, clock: _Clock) -> list[Episode]:
-    """Step every live episode with its last model turn; append the next observation to those that go on."""
+              version: int, clock: Clock) -> list[Episode]:
+    """Step every live episode with its last model turn; append the next observation to those that go on.
+    An episode that ends sets its sample's reward (the scaled return); one a budget ends releases its env."""
     with clock:
         actions = [codec.decode(ep.sample.response_token_ids[ep.turn_start:]) for ep in live]
         results = env.step([ep.env_id for ep in live], actions)
-    still_live = []
-    for ep, result in zip(live, results, strict=True):
-        _record(ep, result)
-        if ep.env_done or ep.num_turns >= budget.max_turns:
-            ep.sample.finish_reason = FinishReason.STOP if ep.env_done else FinishReason.LENGTH
-            continue
-        with clock:
-            obs_ids = codec.encode(fmt.env_turn(result.observation, env.spec.action_help))
-        if _tokens_left(ep, budget) < len(obs_ids) + 1:  # no room for the observation and one model token
-            ep.sample.finish_reason = FinishReason.LENGTH
-            continue
-        _append_env_tokens(ep.sample, obs_ids, version)
-        still_live.append(ep)
+    still_live, released = [], []
+    for ep, action, result in zip(live, actions, results, strict=True):
+        _record(ep, action, result)
+        if not ep.env_done and ep.num_turns < budget.max_turns:
+            with clock:
+                obs_ids = codec.encode(fmt.env_turn(result.observation, env.spec.action_help))
+            if _tokens_left(ep, budget) >= len(obs_ids) + 1:  # room for the observation and one model token
+                _append_env_tokens(ep.sample, obs_ids, version)
+                still_live.append(ep)
+                continue
+        ep.sample.finish_reason = FinishReason.STOP if ep.env_done else FinishReason.LENGTH
+        ep.sample.reward = fmt.return_scale * ep.env_return
+        if not ep.env_done:
+            released.append(ep.env_id)
+    if released:
+        env.release(released)
     return still_live
 
 
-def _record(ep: Episode, result: StepResult) -> None:
+def _record(ep: Episode, action: str, result: StepResult) -> None:
     ep.env_return += result.reward
     ep.num_turns += 1
     ep.num_invalid_actions += result.invalid_action
     ep.env_done = result.done
+    ep.actions.append(action)
+    ep.observation = result.observation
 
 
 def _append_env_tokens(sample: Sample, token_ids: list[int], version: int) -> None:
@@ -278,7 +308,7 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     }
 
 
-class _MemoCodec:
+class MemoCodec:
     """Remembers encodings and decodings for one call of play_episodes: a tokenizer call costs ~80 us, and
     observations and short actions repeat a lot (a compact CartPole observation has 361 possible texts)."""
 
@@ -301,7 +331,7 @@ class _MemoCodec:
         return text
 
 
-class _Clock:
+class Clock:
     """Accumulates the seconds spent inside `with clock:` blocks (env, render, parse, tokenise observations)."""
 
     def __init__(self) -> None:
@@ -315,10 +345,11 @@ class _Clock:
 
 
 # ------------------------------------------------------------------------------------------------ from the spec
-def make_episode_env(cfg: EnvConfig, num_envs: int) -> EnvPoolTextEnv:
-    """The text env of `cfg.task_id` with `cfg.renderer`, in EnvPool's sync mode (every live episode steps at
-    once). Raises ValueError, naming close matches, for a task id EnvPool does not know or without a renderer."""
-    kwargs: dict[str, Any] = {"seed": cfg.seed, "max_episode_steps": cfg.max_episode_steps,
+def make_episode_env(cfg: EnvConfig, num_envs: int, *, batch_size: int | None = None) -> EnvPoolTextEnv:
+    """The text env of `cfg.task_id` with `cfg.renderer`, by default in EnvPool's sync mode (every live episode
+    steps at once; batch_size=1 lets any subset step, as APRIL's replay needs). Raises ValueError, naming close
+    matches, for a task id EnvPool does not know or without a renderer."""
+    kwargs: dict[str, Any] = {"seed": cfg.seed, "max_episode_steps": cfg.max_episode_steps, "batch_size": batch_size,
                               "invalid_action_penalty": cfg.invalid_action_penalty, "num_threads": cfg.num_threads}
     if cfg.renderer == "default":
         return make_text_env(cfg.task_id, num_envs, **kwargs)

@@ -2,7 +2,8 @@
 
 A `TextEnv` holds `num_envs` episodes. `reset(seeds)` starts one episode per env and returns the first
 observations as text; `step(env_ids, action_texts)` plays the model's replies in some of them and returns one
-`StepResult` each. An env whose episode ended (done=True) takes no more actions until the next reset().
+`StepResult` each. An env whose episode ended (done=True) takes no more actions until the next reset(); so does
+one whose episode the caller gave up on (`release`, e.g. when a token budget ended it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class TextEnv(Protocol):
 
     def step(self, env_ids: Sequence[int], action_texts: Sequence[str]) -> list[StepResult]:
         """Play action_texts[k] in env env_ids[k]; returns the results in the order of env_ids."""
+        ...
+
+    def release(self, env_ids: Sequence[int]) -> None:
+        """End the live episodes of env_ids without stepping them: those envs take no action until reset()."""
         ...
 
     def close(self) -> None: ...
@@ -219,6 +224,19 @@ class EnvPoolTextEnv:
             if results:
                 return results
         return []
+
+    def release(self, env_ids: Sequence[int]) -> None:
+        """Give up the live episodes of env_ids (waiting for an action): their envs become free, so they may run
+        filler steps. Without this an episode a budget ended while its env was not done would stall sync mode:
+        EnvPool would wait for an action that never comes."""
+        ids = [int(i) for i in env_ids]
+        for i in ids:
+            if not 0 <= i < self.num_envs:
+                raise ValueError(f"env id {i} out of range [0, {self.num_envs})")
+            if self._state[i] != _READY or i in self._buffered:
+                raise ValueError(f"env {i} has no episode waiting for an action")
+        for i in ids:
+            self._state[i] = _FREE
 
     def metrics(self) -> dict[str, float]:
         """Counters since construction, as "<group>/<name>" metrics."""

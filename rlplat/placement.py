@@ -3,10 +3,11 @@ rlplat/actors/placement_group.py.
 
 A plan lists Ray resource bundles and which bundle each actor takes:
 
-    separate GPUs   bundle i = {GPU: 1, CPU: 1} for rollout engine i, last bundle {GPU: 1, CPU: 1} for the learner
-    colocated       bundle i = {GPU: 1, CPU: 1} for engine i; the learner shares bundle 0 (engine 0 and the learner
-                    each take half of its GPU in Ray's accounting; vLLM's share of the memory is
-                    rollout.gpu_memory_utilization)
+    separate GPUs   bundle i = {GPU: 1, CPU: 1} for rollout engine i, then {GPU: 1, CPU: 1} for the learner, and
+                    with placement.reward_actor one more for the reward actor
+    colocated       bundle i = {GPU: 1, CPU: 1} for engine i; the learner (and the reward actor) share bundle 0
+                    (engine 0 and the learner each take half of its GPU in Ray's accounting, or 0.4 + 0.4 + 0.2
+                    with the reward actor; vLLM's share of the memory is rollout.gpu_memory_utilization)
     cpu             no placement group: actors ask only for CPUs, as without a plan
 
 Asking for more GPUs than the cluster has fails before anything starts, with the numbers (`check_gpus`), instead of
@@ -36,7 +37,7 @@ class PlacementPlan:
     bundles: tuple[dict[str, float], ...]  # Ray resource bundles (empty on CPU)
     rollout: tuple[Slot, ...]  # one per rollout engine
     learner: Slot
-
+    reward: Slot | None = None  # the reward actor's slot; None: rewards run in the driver
     @property
     def num_gpus(self) -> int:
         return int(sum(b.get("GPU", 0) for b in self.bundles))
@@ -46,12 +47,15 @@ class PlacementPlan:
         lines = [f"placement: device {self.device}, {self.num_gpus} GPU(s), "
                  f"{'colocated' if self.colocate else 'separate'}, weight sync {self.weight_sync}"]
         if not self.bundles:
-            lines.append(f"  {len(self.rollout)} rollout engine(s) and the learner on CPUs (no placement group)")
+            actors = "the learner and the reward actor" if self.reward else "the learner"
+            lines.append(f"  {len(self.rollout)} rollout engine(s) and {actors} on CPUs (no placement group)")
             return "\n".join(lines)
         for i, bundle in enumerate(self.bundles):
             who = [f"rollout engine {k} ({s.num_gpus:g} GPU)" for k, s in enumerate(self.rollout) if s.bundle == i]
             if self.learner.bundle == i:
                 who.append(f"learner ({self.learner.num_gpus:g} GPU)")
+            if self.reward is not None and self.reward.bundle == i:
+                who.append(f"reward actor ({self.reward.num_gpus:g} GPU)")
             res = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
             lines.append(f"  bundle {i} [{res}]: {'; '.join(who)}")
         return "\n".join(lines)
@@ -69,15 +73,19 @@ def plan_placement(cfg: RunConfig, available_gpus: float) -> PlacementPlan:
     p, n = cfg.placement, cfg.rollout.num_workers
     device = resolve_device(p.device, available_gpus)
     sync = resolve_weight_sync(p.weight_sync, device=device, colocate=p.colocate, num_engines=n)
+    reward = p.reward_actor
     if device == "cpu":
-        return PlacementPlan("cpu", p.colocate, sync, (), tuple(Slot(None, 0.0) for _ in range(n)), Slot(None, 0.0))
+        cpu = Slot(None, 0.0)
+        return PlacementPlan("cpu", p.colocate, sync, (), (cpu,) * n, cpu, cpu if reward else None)
     bundles = [{"GPU": 1.0, "CPU": 1.0} for _ in range(n)]
     if p.colocate:
-        bundles[0] = {"GPU": 1.0, "CPU": 2.0}
-        rollout = (Slot(0, 0.5), *(Slot(i, 1.0) for i in range(1, n)))
-        return PlacementPlan("gpu", True, sync, tuple(bundles), rollout, Slot(0, 0.5))
-    bundles.append({"GPU": 1.0, "CPU": 1.0})
-    return PlacementPlan("gpu", False, sync, tuple(bundles), tuple(Slot(i, 1.0) for i in range(n)), Slot(n, 1.0))
+        share = 0.4 if reward else 0.5
+        bundles[0] = {"GPU": 1.0, "CPU": 3.0 if reward else 2.0}
+        rollout = (Slot(0, share), *(Slot(i, 1.0) for i in range(1, n)))
+        return PlacementPlan("gpu", True, sync, tuple(bundles), rollout, Slot(0, share), Slot(0, 0.2) if reward else None)
+    bundles += [{"GPU": 1.0, "CPU": 1.0}] * (2 if reward else 1)
+    return PlacementPlan("gpu", False, sync, tuple(bundles), tuple(Slot(i, 1.0) for i in range(n)), Slot(n, 1.0),
+                         Slot(n + 1, 1.0) if reward else None)
 
 
 def resolve_weight_sync(requested: str, *, device: str, colocate: bool, num_engines: int) -> str:
@@ -104,7 +112,7 @@ def check_gpus(plan: PlacementPlan, available_gpus: float, where: str) -> None:
     if plan.num_gpus > available_gpus:
         engines = len(plan.rollout)
         split = (f"{engines} rollout engine(s) sharing with the learner" if plan.colocate
-                 else f"{engines} rollout engine(s) + 1 learner")
+                 else f"{engines} rollout engine(s) + 1 learner" + (" + 1 reward actor" if plan.reward else ""))
         raise ConfigError(f"placement: the spec needs {plan.num_gpus} GPU(s) ({split}, one GPU each) but {where} has "
                           f"{available_gpus:g}; lower rollout.num_workers, set placement.colocate: true, or add GPUs")
 

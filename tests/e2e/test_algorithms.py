@@ -4,6 +4,7 @@ One run per algorithm (each starts a vLLM engine, ~30-40 s): GRPO, PPO (critic +
 GRPO + LoRA. Each run must log finite losses, change the policy (only the adapters with LoRA), leave the engine
 holding the learner's (merged) weights, and log its algorithm's metrics to MLflow. PPO and GRPO + LoRA sync weights
 by a process-group broadcast (`placement.weight_sync: broadcast`, gloo on CPU), the others as safetensors bytes.
+GRPO scores its rewards in a RewardActor (`placement.reward_actor`), the others in the driver.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ REMIX = {"algorithm.remix.kl_convex.lambda_start": 1}
 BROADCAST = {"placement.weight_sync": "broadcast"}  # lam(2) = 0.9: exercises the schedule within 2 steps
 
 CASES = {
-    "grpo": ("grpo.yaml", {}, []),
+    "grpo": ("grpo.yaml", {"placement.reward_actor": "true"}, []),
     "ppo": ("ppo.yaml", BROADCAST, ["loss/value", "critic/value_mean", "critic/grad_norm"]),
     "remix_grpo": ("remix_grpo.yaml", REMIX, ["loss/kl_convex", "remix/kl_convex_lambda", "replay/num_groups"]),
     "remix_ppo": ("remix_ppo.yaml", REMIX, ["loss/kl_convex", "loss/value", "replay/num_groups"]),
@@ -73,6 +74,7 @@ def test_algorithm_end_to_end(name: str, ray_session, tiny_model_dir: Path, tmp_
     assert _history(client, result.run_id, "train/logp_old_vs_behaviour")[2] < 1e-4
     sync = "broadcast" if extra is BROADCAST else "bytes"
     assert f"weight sync {sync}" in run.data.tags["rlplat.placement"]
+    assert ("reward actor" in run.data.tags["rlplat.placement"]) == (name == "grpo")
 
     _check_weights_changed(name, tiny_model_dir, result.output_dir / "final_model")
     _check_algorithm_specifics(name, client, result.run_id)

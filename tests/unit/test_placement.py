@@ -111,3 +111,16 @@ def test_dry_run_on_this_machine_checks_its_gpus(capsys) -> None:
         assert code == 0
     else:
         assert code == 2 and f"but this machine has {torch.cuda.device_count()}" in err
+
+
+def test_reward_actor_gets_its_own_gpu_or_shares_bundle_zero() -> None:
+    separate = _plan(3, "placement.device=gpu", "placement.reward_actor=true")
+    assert separate.num_gpus == 3 and separate.learner == Slot(1, 1.0) and separate.reward == Slot(2, 1.0)
+    assert "bundle 2 [GPU 1, CPU 1]: reward actor (1 GPU)" in separate.describe()
+    with pytest.raises(ConfigError, match=r"needs 3 GPU\(s\) \(1 rollout engine\(s\) \+ 1 learner \+ 1 reward actor"):
+        check_gpus(separate, 2, "the Ray cluster")
+    shared = _plan(1, "placement.device=gpu", "placement.colocate=true", "placement.reward_actor=true")
+    assert shared.bundles == ({"GPU": 1.0, "CPU": 3.0},) and shared.num_gpus == 1
+    assert (shared.rollout[0], shared.learner, shared.reward) == (Slot(0, 0.4), Slot(0, 0.4), Slot(0, 0.2))
+    assert _plan(0, "placement.reward_actor=true").reward == Slot(None, 0.0)
+    assert _plan(0).reward is None

@@ -312,9 +312,10 @@ def test_job_env_vars_do_not_collide_with_the_drivers(doc: str, rayjob: dict, mo
 def test_doc_says_what_is_planned(doc: str) -> None:
     section = doc.split("## What is implemented today, and what is planned", 1)[1].split("\n## ", 1)[0]
     implemented, planned = section.split("Planned (issue 9), not implemented", 1)
-    for phrase in ("placement group", "--dry-run", "NCCL", "CUDA IPC", "rlplat eval SPEC --checkpoint DIR"):
+    for phrase in ("placement group", "--dry-run", "NCCL", "CUDA IPC", "rlplat eval SPEC --checkpoint DIR",
+                   "placement.reward_actor"):
         assert phrase in implemented
-    for phrase in ("FSDP2", "Tensor-parallel", "GPUs for rewards", "sleep mode"):
+    for phrase in ("FSDP2", "Tensor-parallel", "sleep mode"):
         assert phrase in planned
 
 

@@ -621,17 +621,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
                                   f"samples/step_{step:06d}.json")
         if producer:
             producer.stop()
-        last = cfg.experiment.num_steps
-        tracker.log_metrics(last, evaluate_policy(cfg, workers, env, eval_problems, tokens))
-        if groups:
-            probe = groups[0].samples[0]
-            tracker.log_metrics(last, verify_sync(workers, probe.prompt_token_ids + probe.response_token_ids))
-        final_dir = cfg.output_dir / "final_model"
-        ray.get(workers.learner.save.remote(str(final_dir.resolve())))
-        tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))
-        final_metrics = {k: v[-1][1] for k, v in tracker.history.items() if k.startswith(("eval/", "rollout/reward"))}
-        tracker.register_model(final_dir, cfg.tracking.registered_model_name or cfg.experiment.name, final_metrics)
-        tracker.log_reward_curve()
+        finish_run(cfg, workers, tracker, env, eval_problems, tokens, groups)
         status = "FINISHED"
     finally:
         if producer:
@@ -644,6 +634,23 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
         if isinstance(april, EpisodeAprilManager):
             april.close()
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)
+
+
+def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: EnvPoolTextEnv | None,
+               eval_problems: list[Problem], tokens: Tokens, last_groups: list[Group]) -> None:
+    """After the last step: final evaluation, a check that the engines hold the learner's weights, the final
+    policy saved to output_dir/final_model and registered in MLflow with the final metrics, the reward curve."""
+    last = cfg.experiment.num_steps
+    tracker.log_metrics(last, evaluate_policy(cfg, workers, env, eval_problems, tokens))
+    if last_groups:
+        probe = last_groups[0].samples[0]
+        tracker.log_metrics(last, verify_sync(workers, probe.prompt_token_ids + probe.response_token_ids))
+    final_dir = cfg.output_dir / "final_model"
+    get(workers.learner.save.remote(str(final_dir.resolve())), "save final model", workers.call_timeout_s)
+    tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))
+    final_metrics = {k: v[-1][1] for k, v in tracker.history.items() if k.startswith(("eval/", "rollout/reward"))}
+    tracker.register_model(final_dir, cfg.tracking.registered_model_name or cfg.experiment.name, final_metrics)
+    tracker.log_reward_curve()
 
 
 # --------------------------------------------------------------------------------------------------- evaluation

@@ -1,7 +1,8 @@
 #!/bin/bash
 # GPU verification of placement and weight sync on a 2-GPU machine (the device tool's nvidia-h100-x2), run from
 # the repository root after the GPU kit is unpacked (tools/gpu_kit_README.md). Logs go to $OUT (default: gpu-out/).
-#   tools/gpu_check.sh train    separate GPUs + NCCL, colocated + CUDA IPC, and too many GPUs asked for
+#   tools/gpu_check.sh train    separate GPUs + NCCL, colocated + CUDA IPC (+ learner MFU bench on the other GPU),
+#                               and too many GPUs asked for
 #   tools/gpu_check.sh bench    rlplat bench weight_sync (bytes / broadcast / ipc) and rlplat bench async
 set -u
 out=${OUT:-gpu-out}
@@ -38,11 +39,15 @@ train)
   python3 -m rlplat train configs/gpu_2.yaml experiment.num_steps=30 experiment.name=gpu-separate \
     experiment.output_dir=outputs/gpu-separate "${common[@]}" >"$out/separate.log" 2>&1
   echo "exit $?"; tail -5 "$out/separate.log"; summary outputs/gpu-separate
-  echo "== colocated on one GPU, CUDA IPC"
-  python3 -m rlplat train configs/gpu_2.yaml placement.colocate=true rollout.gpu_memory_utilization=0.3 \
-    rollout.enforce_eager=true experiment.num_steps=30 experiment.name=gpu-colocated \
-    experiment.output_dir=outputs/gpu-colocated "${common[@]}" >"$out/colocated.log" 2>&1
+  echo "== colocated on GPU 0, CUDA IPC (meanwhile on GPU 1: the learner MFU bench, flash-only attention vs default)"
+  CUDA_VISIBLE_DEVICES=1 python3 -m rlplat.bench.learner --configs compile_fused@32768,compile_fused_flash@32768 \
+    --time-limit 300 >"$out/learner.log" 2>&1 &
+  mfu=$!
+  CUDA_VISIBLE_DEVICES=0 python3 -m rlplat train configs/gpu_2.yaml placement.colocate=true \
+    rollout.gpu_memory_utilization=0.3 rollout.enforce_eager=true experiment.num_steps=30 \
+    experiment.name=gpu-colocated experiment.output_dir=outputs/gpu-colocated "${common[@]}" >"$out/colocated.log" 2>&1
   echo "exit $?"; tail -5 "$out/colocated.log"; summary outputs/gpu-colocated
+  wait $mfu; tail -8 "$out/learner.log"
   echo "== 2 engines + learner = 3 GPUs asked of a 2-GPU machine (expect exit 2 with the numbers)"
   python3 -m rlplat train configs/gpu_2.yaml rollout.num_workers=2 experiment.output_dir=outputs/gpu-toomany \
     "${common[@]}" 2>&1 | tail -2
@@ -50,7 +55,7 @@ train)
 bench)
   python3 -m rlplat bench weight_sync --spec configs/gpu_2.yaml --modes bytes broadcast ipc \
     --hidden-size 1024 --num-layers 24 --num-heads 16 --intermediate-size 4096 rollout.enforce_eager=true 2>&1 | tee "$out/weight_sync.log" | tail -12
-  python3 -m rlplat bench async --spec configs/gpu_2.yaml --steps 30 --staleness 1 cluster.address=local \
-    rollout.enforce_eager=true tracking.system_metrics_interval_s=0 2>&1 | tee "$out/async.log" | tail -10
+  python3 -m rlplat bench async --spec configs/gpu_2.yaml --steps 30 cluster.address=local \
+    rollout.enforce_eager=true tracking.system_metrics_interval_s=0 --staleness 1 2>&1 | tee "$out/async.log" | tail -10
   ;;
 esac

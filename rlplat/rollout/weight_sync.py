@@ -74,7 +74,12 @@ class WeightSyncExtension:
     def _reload(self, weights: list[tuple[str, torch.Tensor]]) -> int:
         from vllm.platforms import current_platform
 
-        self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        try:
+            self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        except TypeError as e:  # a vLLM whose reload_weights has no is_checkpoint_format (checkpoint names anyway)
+            if "is_checkpoint_format" not in str(e):
+                raise
+            self.reload_weights(weights_iterator=iter(weights))  # type: ignore[attr-defined]
         if current_platform.is_cpu():
             refresh_cpu_kernels(self.model_runner.model)  # type: ignore[attr-defined]
         return len(weights)

@@ -487,15 +487,26 @@ def check_env(cfg: RunConfig, tokens: Tokens) -> int:
 def play_episodes_step(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv, tokens: Tokens,
                        sampling: SamplingOptions, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
     """Step `step`'s groups: num_prompts_per_step fresh env seeds x num_samples_per_prompt episodes each, played
-    turn by turn through the rollout actors (one visible generate.remote per actor and turn) and the driver's pool."""
+    turn by turn through the rollout actors (one visible generate.remote per actor and turn) and the driver's pool.
+    If a rollout actor dies mid-step, its restarted engine gets the current weights and the step's episodes are
+    played again from their seeds (no episode of the step had finished training; the env pool is reset)."""
     n = cfg.rollout.num_prompts_per_step
-    batch = asyncio.run(play_episodes(
-        env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
-        seeds=[cfg.env.seed + (step - 1) * n + k for k in range(n)],
-        num_samples_per_seed=cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000,
-        budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
-        fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
-    return batch.groups, batch.metrics
+    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+        try:
+            batch = asyncio.run(play_episodes(
+                env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
+                seeds=[cfg.env.seed + (step - 1) * n + k for k in range(n)],
+                num_samples_per_seed=cfg.rollout.num_samples_per_prompt,
+                first_group_id=step * 1_000_000 + attempt * 100_000,
+                budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
+                fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
+            return batch.groups, batch.metrics
+        except ray.exceptions.RayActorError as e:
+            if attempt == MAX_ROLLOUT_RETRIES:
+                raise
+            log.warning("a rollout worker died mid-episode (%s); replaying the step's episodes", type(e).__name__)
+            recover_rollout_workers(workers, version)
+    raise AssertionError("unreachable")
 
 
 def play_episodes_april_step(cfg: RunConfig, workers: Workers, april: EpisodeAprilManager, tokens: Tokens,

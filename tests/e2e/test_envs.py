@@ -36,16 +36,17 @@ ENV_METRICS = ["env/episode_return_mean", "env/episode_length_turns_mean", "env/
 COMPACT_OBS = re.compile(r"[+-]\d[+-]\d")
 
 
-def _remix_overrides() -> dict[str, object]:
-    """ReMix-GRPO as shipped: every algorithm key of configs/remix_grpo.yaml."""
-    algorithm = yaml.safe_load((ROOT / "configs/remix_grpo.yaml").read_text())["algorithm"]
+def _algorithm_overrides(spec: str) -> dict[str, object]:
+    """An algorithm as shipped: every algorithm key of configs/<spec>."""
+    algorithm = yaml.safe_load((ROOT / "configs" / spec).read_text())["algorithm"]
     return {f"algorithm.{k}": v for k, v in flatten(algorithm).items()}
+
 
 
 @pytest.fixture(scope="module")
 def env_run(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("envs")
-    overrides = smoke_overrides(tiny_model_dir, out, **TINY, **_remix_overrides())
+    overrides = smoke_overrides(tiny_model_dir, out, **TINY, **_algorithm_overrides("remix_grpo.yaml"))
     cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", overrides)
     assert cfg.algorithm.remix.enabled
     batches: list[TrainBatch] = []
@@ -231,13 +232,15 @@ def test_april_continues_cut_episodes_in_later_steps(ray_session, rollout_actor,
 
 
 def test_april_env_run_checkpoints_cut_episodes_and_resumes(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The user path: `train` with env episodes + APRIL, a checkpoint at every step, then `--resume` for one more
-    step. The checkpoint carries the buffered episode groups; the resumed run continues the same MLflow run."""
+    """The user path: `train` with env episodes + APRIL + PPO (critic and GAE over the episode's model tokens), a
+    checkpoint at every step, then `--resume` for one more step. The checkpoint carries the buffered episode
+    groups; the resumed run continues the same MLflow run."""
     from rlplat import checkpoint as ck
     from rlplat.envs.episode_april import EpisodeGroup
 
     extra = {**TINY, "experiment.num_steps": 2, "rollout.partial.enabled": "true", "checkpoint.every_steps": 1,
-             "rollout.num_prompts_per_step": 1, "rollout.partial.over_provision": 3.0, "env.max_turns": 24}
+             "rollout.num_prompts_per_step": 1, "rollout.partial.over_provision": 3.0, "env.max_turns": 24,
+             **_algorithm_overrides("ppo.yaml")}
     first = controller.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
                                          smoke_overrides(tiny_model_dir, tmp_path, **extra)), progress=False)
     saved = ck.load_driver_state(tmp_path / "checkpoints" / "step_000002")
@@ -255,3 +258,6 @@ def test_april_env_run_checkpoints_cut_episodes_and_resumes(ray_session, tiny_mo
     assert second.run_id == first.run_id
     steps = [m.step for m in client.get_metric_history(second.run_id, "env/episode_return_mean")]
     assert steps == [1, 2, 3]
+    for key in ("loss/policy", "loss/value"):
+        values = client.get_metric_history(second.run_id, key)
+        assert [m.step for m in values] == [1, 2, 3] and all(math.isfinite(m.value) for m in values), key

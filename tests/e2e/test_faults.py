@@ -57,3 +57,25 @@ def test_killed_rollout_actor_is_restarted_and_nothing_is_lost(ray_session, tiny
                                      split="train"), seed=d.seed)
     expected = [[p.prompt_id for p in cursor.take(cfg.rollout.num_prompts_per_step)] for _ in range(4)]
     assert [t["prompt_ids"] for t in trained] == expected
+
+
+def test_killed_rollout_actor_in_an_env_run_loses_nothing(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Env episodes (CartPole): the actor is killed right after step 1 is recorded, i.e. while step 2's episodes
+    are played (their turns are then played again from their seeds) or while its weights sync. The run finishes
+    on the restarted engine, and every step trains its own seeds, in order."""
+    extra = {"experiment.num_steps": 3, "rollout.num_prompts_per_step": 2, "rollout.num_samples_per_prompt": 2,
+             "data.num_eval_prompts": 8}
+    cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", smoke_overrides(tiny_model_dir, tmp_path, **extra))
+    killed: list[str] = []
+    killer = threading.Thread(target=_kill_rollout_actor_after_step,
+                              args=(ray_session, tmp_path / "trained_groups.jsonl", 1, killed))
+    killer.start()
+    result = controller.train(cfg, progress=False)
+    killer.join()
+    assert killed, "the test never found the rollout actor to kill"
+    client = MlflowClient(result.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert client.get_metric_history(result.run_id, "faults/rollout_restarts")[-1].value >= 1
+    trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
+    n = cfg.rollout.num_prompts_per_step
+    assert [t["prompt_ids"] for t in trained] == [[cfg.env.seed + s * n + k for k in range(n)] for s in range(3)]

@@ -168,9 +168,11 @@ def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
 
 def absolute_reward_paths(cfg: RewardConfig) -> RewardConfig:
     """User reward files (`file.py:fn`) as absolute paths: an actor's working directory is not the driver's."""
-    terms = tuple(dataclasses.replace(t, name=f"{Path(t.name.rpartition(':')[0]).resolve()}:{t.name.rpartition(':')[2]}")
-                  if t.name.rpartition(":")[0].endswith(".py") else t for t in cfg.terms)
-    return dataclasses.replace(cfg, terms=terms)
+    def absolute(name: str) -> str:
+        path, sep, fn = name.rpartition(":")
+        return f"{Path(path).resolve()}:{fn}" if sep and path.endswith(".py") else name
+
+    return dataclasses.replace(cfg, terms=tuple(dataclasses.replace(t, name=absolute(t.name)) for t in cfg.terms))
 
 
 def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, model_path: str = "") -> list:
@@ -268,23 +270,21 @@ def rollout_step(cfg: RunConfig, workers: Workers, april: Partial, cursor: Promp
         if april is not None or cfg.rollout.partial.enabled:
             raise TypeError("rollout.partial with env episodes needs an EpisodeAprilManager (make_episode_april)")
         return play_episodes_step(cfg, workers, env, tokens, sampling, step, version)
-    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+    if april is None:  # generate() re-issues the step's groups itself if an actor dies
+        groups = make_groups(cursor.take(cfg.rollout.num_prompts_per_step), tokens,
+                             cfg.rollout.num_samples_per_prompt, first_group_id=step * 1_000_000)
+        return generate(workers, groups, sampling, version), {}
+
+    def collect(attempt: int) -> tuple[list[Group], dict[str, float]]:
         first_id = step * 1_000_000 + attempt * 100_000  # fresh() runs at most once per attempt: ids stay unique
 
-        def fresh(k: int, first_id: int = first_id) -> list[Group]:
+        def fresh(k: int) -> list[Group]:
             return make_groups(cursor.take(k), tokens, cfg.rollout.num_samples_per_prompt, first_group_id=first_id)
 
-        if april is None:
-            return generate(workers, fresh(cfg.rollout.num_prompts_per_step), sampling, version), {}
-        try:
-            result = april.collect(cfg.rollout.num_prompts_per_step, fresh, sampling, version)
-            return result.groups, result.metrics
-        except ray.exceptions.RayActorError as e:  # APRIL put every group back in its buffer
-            if attempt == MAX_ROLLOUT_RETRIES:
-                raise
-            log.warning("a rollout worker died mid-step (%s); its groups wait in the partial buffer", type(e).__name__)
-            recover_rollout_workers(workers, version)
-    raise AssertionError("unreachable")
+        result = april.collect(cfg.rollout.num_prompts_per_step, fresh, sampling, version)
+        return result.groups, result.metrics
+
+    return with_rollout_retries(workers, version, collect, "its groups wait in the partial buffer")
 
 
 def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[float] | None = None) -> RewardInputs:
@@ -376,7 +376,8 @@ def open_weight_group(workers: Workers) -> None:
     world = len(workers.rollout) + 1
     backend = "nccl" if workers.placement_group is not None else "gloo"
     get([workers.learner.open_weight_group.remote(backend, host, port, world),
-         *(w.rpc.remote("open_weight_group", backend, host, port, i + 1, world) for i, w in enumerate(workers.rollout))],
+         *(w.rpc.remote("open_weight_group", backend, host, port, i + 1, world)
+           for i, w in enumerate(workers.rollout))],
         "weight group", workers.call_timeout_s)
     workers.weight_group_open = True
 
@@ -491,22 +492,18 @@ def play_episodes_step(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv, to
     If a rollout actor dies mid-step, its restarted engine gets the current weights and the step's episodes are
     played again from their seeds (no episode of the step had finished training; the env pool is reset)."""
     n = cfg.rollout.num_prompts_per_step
-    for attempt in range(MAX_ROLLOUT_RETRIES + 1):
-        try:
-            batch = asyncio.run(play_episodes(
-                env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
-                seeds=[cfg.env.seed + (step - 1) * n + k for k in range(n)],
-                num_samples_per_seed=cfg.rollout.num_samples_per_prompt,
-                first_group_id=step * 1_000_000 + attempt * 100_000,
-                budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
-                fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
-            return batch.groups, batch.metrics
-        except ray.exceptions.RayActorError as e:
-            if attempt == MAX_ROLLOUT_RETRIES:
-                raise
-            log.warning("a rollout worker died mid-episode (%s); replaying the step's episodes", type(e).__name__)
-            recover_rollout_workers(workers, version)
-    raise AssertionError("unreachable")
+
+    def play(attempt: int) -> tuple[list[Group], dict[str, float]]:
+        batch = asyncio.run(play_episodes(
+            env, [RemoteRolloutWorker(w) for w in workers.rollout], tokens,
+            seeds=[cfg.env.seed + (step - 1) * n + k for k in range(n)],
+            num_samples_per_seed=cfg.rollout.num_samples_per_prompt,
+            first_group_id=step * 1_000_000 + attempt * 100_000,
+            budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
+            fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
+        return batch.groups, batch.metrics
+
+    return with_rollout_retries(workers, version, play, "replaying the step's episodes from their seeds")
 
 
 def play_episodes_april_step(cfg: RunConfig, workers: Workers, april: EpisodeAprilManager, tokens: Tokens,
@@ -516,19 +513,29 @@ def play_episodes_april_step(cfg: RunConfig, workers: Workers, april: EpisodeApr
     actions), then fresh seeds cfg.env.seed + (step - 1) * N' + k; stops once N groups are complete. If a rollout
     actor dies, every group stays in the manager's buffer and the step is retried on the recovered actors."""
     n = cfg.rollout.num_prompts_per_step
+
+    def play(attempt: int) -> tuple[list[Group], dict[str, float]]:
+        batch = asyncio.run(april.collect(
+            [RemoteRolloutWorker(w) for w in workers.rollout], tokens, num_groups=n,
+            first_seed=cfg.env.seed + (step - 1) * april.num_groups_to_issue(n),
+            first_group_id=step * 1_000_000 + attempt * 100_000,
+            budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
+            fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
+        return batch.groups, batch.metrics
+
+    return with_rollout_retries(workers, version, play, "its episodes wait in the buffer")
+
+
+def with_rollout_retries(workers: Workers, version: int, attempt_fn, on_retry: str):
+    """attempt_fn(attempt), again after a rollout actor died (Ray restarts it; it gets the current weights),
+    at most MAX_ROLLOUT_RETRIES times. `on_retry` says in the warning what happens to the step's work."""
     for attempt in range(MAX_ROLLOUT_RETRIES + 1):
         try:
-            batch = asyncio.run(april.collect(
-                [RemoteRolloutWorker(w) for w in workers.rollout], tokens, num_groups=n,
-                first_seed=cfg.env.seed + (step - 1) * april.num_groups_to_issue(n),
-                first_group_id=step * 1_000_000 + attempt * 100_000,
-                budget=episode_budget(cfg.env, sampling.max_new_tokens, max_context_length(cfg.model.path)),
-                fmt=episode_format(cfg.env), sampling=sampling, policy_version=version))
-            return batch.groups, batch.metrics
+            return attempt_fn(attempt)
         except ray.exceptions.RayActorError as e:
             if attempt == MAX_ROLLOUT_RETRIES:
                 raise
-            log.warning("a rollout worker died mid-step (%s); its episodes wait in the buffer", type(e).__name__)
+            log.warning("a rollout worker died mid-step (%s); %s", type(e).__name__, on_retry)
             recover_rollout_workers(workers, version)
     raise AssertionError("unreachable")
 
@@ -625,7 +632,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             tracker.log_metrics(step, metrics)
             record_trained(cfg, step, groups)
-            if cfg.checkpoint.every_steps and (step % cfg.checkpoint.every_steps == 0 or step == cfg.experiment.num_steps):
+            every, last = cfg.checkpoint.every_steps, cfg.experiment.num_steps
+            if every and (step % every == 0 or step == last):
                 save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, april, producer, replay)
             if step % cfg.tracking.log_samples_every_steps == 0 or step == cfg.experiment.num_steps:
                 tracker.log_table(sample_rows(step, groups, tokens, cfg.tracking.num_logged_samples),
@@ -697,7 +705,8 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
             sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
             groups = generate(workers, groups, sampling, -1)
-            metrics |= {f"eval/sampled_{k}": v for k, v in score(cfg, groups, tokens, workers.reward).items()}  # per reward term
+            scored = score(cfg, groups, tokens, workers.reward)  # per reward term
+            metrics |= {f"eval/sampled_{k}": v for k, v in scored.items()}
             metrics |= sampled_eval_metrics(groups)
             tracker.log_table(sample_rows(source.step, groups, tokens, cfg.tracking.num_logged_samples),
                               "samples/eval.json")

@@ -1,5 +1,5 @@
-"""GPU placement: the spec's `placement` section -> a plan (pure), checked against the cluster, realised as Ray placement groups by
-rlplat/actors/placement_group.py.
+"""GPU placement: the spec's `placement` section -> a plan (pure), checked against the cluster, realised as Ray
+placement groups by rlplat/actors/placement_group.py.
 
 A plan lists Ray resource bundles and which bundle each actor takes:
 
@@ -82,7 +82,8 @@ def plan_placement(cfg: RunConfig, available_gpus: float) -> PlacementPlan:
         share = 0.4 if reward else 0.5
         bundles[0] = {"GPU": 1.0, "CPU": 3.0 if reward else 2.0}
         rollout = (Slot(0, share), *(Slot(i, 1.0) for i in range(1, n)))
-        return PlacementPlan("gpu", True, sync, tuple(bundles), rollout, Slot(0, share), Slot(0, 0.2) if reward else None)
+        return PlacementPlan("gpu", True, sync, tuple(bundles), rollout, Slot(0, share),
+                             Slot(0, 0.2) if reward else None)
     bundles += [{"GPU": 1.0, "CPU": 1.0}] * (2 if reward else 1)
     return PlacementPlan("gpu", False, sync, tuple(bundles), tuple(Slot(i, 1.0) for i in range(n)), Slot(n, 1.0),
                          Slot(n + 1, 1.0) if reward else None)

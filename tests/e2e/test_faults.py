@@ -32,23 +32,29 @@ def _kill_rollout_actor_after_step(ray, trained: Path, step: int, killed: list[s
         time.sleep(0.05)
 
 
+def _train_killing_after_step_1(ray, cfg, out: Path):
+    """controller.train(cfg) while a thread kills a rollout actor once step 1 is recorded; the run must finish
+    with at least one restart logged."""
+    killed: list[str] = []
+    killer = threading.Thread(target=_kill_rollout_actor_after_step,
+                              args=(ray, out / "trained_groups.jsonl", 1, killed))
+    killer.start()
+    result = controller.train(cfg, progress=False)
+    killer.join()
+    assert killed, "the test never found the rollout actor to kill"
+    client = MlflowClient(result.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert client.get_metric_history(result.run_id, "faults/rollout_restarts")[-1].value >= 1
+    return result
+
+
 def test_killed_rollout_actor_is_restarted_and_nothing_is_lost(ray_session, tiny_model_dir: Path,
                                                                tmp_path: Path) -> None:
     overrides = smoke_overrides(tiny_model_dir, tmp_path, **{"experiment.num_steps": 4,
                                                              "rollout.max_new_tokens": 100})
     cfg = load_config(ROOT / "configs/smoke/grpo.yaml", overrides)
-    killed: list[str] = []
-    killer = threading.Thread(target=_kill_rollout_actor_after_step,
-                              args=(ray_session, tmp_path / "trained_groups.jsonl", 1, killed))
-    killer.start()
-    result = controller.train(cfg, progress=False)
-    killer.join()
-    assert killed, "the test never found the rollout actor to kill"
-
+    result = _train_killing_after_step_1(ray_session, cfg, tmp_path)
     client = MlflowClient(result.tracking_uri)
-    assert client.get_run(result.run_id).info.status == "FINISHED"
-    restarts = client.get_metric_history(result.run_id, "faults/rollout_restarts")
-    assert restarts[-1].value >= 1
     assert client.get_run(result.run_id).data.metrics["sync/checksum_match"] == 1.0
 
     trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
@@ -66,16 +72,7 @@ def test_killed_rollout_actor_in_an_env_run_loses_nothing(ray_session, tiny_mode
     extra = {"experiment.num_steps": 3, "rollout.num_prompts_per_step": 2, "rollout.num_samples_per_prompt": 2,
              "data.num_eval_prompts": 8}
     cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", smoke_overrides(tiny_model_dir, tmp_path, **extra))
-    killed: list[str] = []
-    killer = threading.Thread(target=_kill_rollout_actor_after_step,
-                              args=(ray_session, tmp_path / "trained_groups.jsonl", 1, killed))
-    killer.start()
-    result = controller.train(cfg, progress=False)
-    killer.join()
-    assert killed, "the test never found the rollout actor to kill"
-    client = MlflowClient(result.tracking_uri)
-    assert client.get_run(result.run_id).info.status == "FINISHED"
-    assert client.get_metric_history(result.run_id, "faults/rollout_restarts")[-1].value >= 1
+    _train_killing_after_step_1(ray_session, cfg, tmp_path)
     trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     n = cfg.rollout.num_prompts_per_step
     assert [t["prompt_ids"] for t in trained] == [[cfg.env.seed + s * n + k for k in range(n)] for s in range(3)]

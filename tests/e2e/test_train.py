@@ -25,7 +25,8 @@ EXPECTED_METRICS = [
 @pytest.fixture(scope="module")
 def grpo_run(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("grpo")
-    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", smoke_overrides(tiny_model_dir, out, **{"checkpoint.every_steps": 3}))
+    overrides = smoke_overrides(tiny_model_dir, out, **{"checkpoint.every_steps": 3})
+    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", overrides)
     return cfg, controller.train(cfg, progress=False)
 
 

@@ -99,7 +99,8 @@ def test_dry_run_with_too_few_gpus_exits_2_with_the_numbers(capsys) -> None:
     code = main(["train", str(ROOT / "configs/cluster_8gpu.yaml"), "--dry-run", "--assume-gpus", "4"])
     captured = capsys.readouterr()
     assert code == 2 and "bundle 7" in captured.out  # the plan is printed, then the check fails
-    assert "needs 8 GPU(s) (7 rollout engine(s) + 1 learner, one GPU each) but the assumed cluster has 4" in captured.err
+    expected = "needs 8 GPU(s) (7 rollout engine(s) + 1 learner, one GPU each) but the assumed cluster has 4"
+    assert expected in captured.err
 
 
 def test_dry_run_on_this_machine_checks_its_gpus(capsys) -> None:

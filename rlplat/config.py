@@ -368,7 +368,8 @@ class EnvConfig:
     With task_id set: rollout.num_prompts_per_step = env seeds per step (one GRPO group each),
     rollout.num_samples_per_prompt = episodes played from each seed, rollout.max_new_tokens = token budget of a
     whole episode (model + env tokens). The reward needs the `env_return` term. The pool (num_prompts_per_step x
-    num_samples_per_prompt envs) lives in the driver. Templates take {observation} and {action_help}.
+    num_samples_per_prompt envs) lives in the driver, or in an EnvActor with in_actor. Templates take {observation}
+    and {action_help}.
     """
 
     task_id: str = ""  # an EnvPool task id with a text renderer (e.g. CartPole-v1); empty: no env, use `data`
@@ -383,6 +384,7 @@ class EnvConfig:
     replace_whitespace: str | None = None  # replace whitespace runs in env text (tokenizers without whitespace)
     num_threads: int | None = None  # EnvPool threads; None: min(num_envs, CPU count)
     seed: int = 0  # step s plays seeds seed + (s - 1) * num_prompts_per_step + k
+    in_actor: bool = False  # the pool in an EnvActor (Ray) instead of the driver: for pools too heavy for its node
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_new_tokens_per_turn"):

@@ -18,6 +18,7 @@ from pathlib import Path
 import ray
 import torch
 
+from rlplat.actors.env import make_env
 from rlplat.actors.learner import LearnerActor
 from rlplat.actors.reward import RewardActor
 from rlplat.actors.placement_group import actor_options, cluster_gpu_count, release, reserve
@@ -30,7 +31,7 @@ from rlplat.data.producer import Producer
 from rlplat.envs.agent_loop import episode_budget, episode_format, make_episode_env, play_episodes
 from rlplat.envs.episode_april import EpisodeAprilManager, make_episode_april
 from rlplat.envs.tasks import Problem, PromptCursor, make_split
-from rlplat.envs.text_env import EnvPoolTextEnv
+from rlplat.envs.text_env import TextEnv
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.placement import PlacementPlan, check_gpus, plan_placement
@@ -73,7 +74,7 @@ def make_partial(cfg: RunConfig, workers: Workers) -> Partial:
         return None
     if cfg.env.task_id:
         return make_episode_april(cfg.env, cfg.rollout.partial, num_groups_per_step=cfg.rollout.num_prompts_per_step,
-                                  group_size=cfg.rollout.num_samples_per_prompt)
+                                  group_size=cfg.rollout.num_samples_per_prompt, make_env=make_env)
     return RolloutManager(workers.rollout, cfg.rollout.partial)
 
 
@@ -259,7 +260,7 @@ def recover_rollout_workers(workers: Workers, version: int) -> int:
 
 def rollout_step(cfg: RunConfig, workers: Workers, april: Partial, cursor: PromptCursor, tokens: Tokens,
                  sampling: SamplingOptions, step: int, version: int,
-                 env: EnvPoolTextEnv | None = None) -> tuple[list[Group], dict[str, float]]:
+                 env: TextEnv | None = None) -> tuple[list[Group], dict[str, float]]:
     """This step's N complete groups: one synchronous full batch, or APRIL (`rollout.partial.enabled`): partial
     buffer first, then fresh prompts, abort once N are complete; returns the groups and APRIL's metrics.
     With `env` (env.task_id set): N groups of env episodes instead, and env metrics; with APRIL, `april` is the
@@ -485,7 +486,7 @@ def check_env(cfg: RunConfig, tokens: Tokens) -> int:
         env.close()
 
 
-def play_episodes_step(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv, tokens: Tokens,
+def play_episodes_step(cfg: RunConfig, workers: Workers, env: TextEnv, tokens: Tokens,
                        sampling: SamplingOptions, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
     """Step `step`'s groups: num_prompts_per_step fresh env seeds x num_samples_per_prompt episodes each, played
     turn by turn through the rollout actors (one visible generate.remote per actor and turn) and the driver's pool.
@@ -540,7 +541,7 @@ def with_rollout_retries(workers: Workers, version: int, attempt_fn, on_retry: s
     raise AssertionError("unreachable")
 
 
-def evaluate_policy(cfg: RunConfig, workers: Workers, env: EnvPoolTextEnv | None, problems: list[Problem],
+def evaluate_policy(cfg: RunConfig, workers: Workers, env: TextEnv | None, problems: list[Problem],
                     tokens: Tokens) -> dict[str, float]:
     """Greedy evaluation: the prompt task's eval split, or with an env one episode from each of env.num_envs
     held-out seeds (2**30 + env.seed + i; training seeds count up from env.seed)."""
@@ -577,7 +578,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     workers = start_workers(cfg, max_context_length(cfg.model.path), plan, pg)
     # APRIL (rollout.partial); `april.state()` is its partial buffer, which a checkpoint must carry
     april = make_partial(cfg, workers)
-    env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # pool in the driver
+    env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # driver, or env.in_actor
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                top_p=cfg.rollout.top_p)
@@ -655,7 +656,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     return RunResult(tracker.run_id, tracker.uri, cfg.output_dir, tracker.history)
 
 
-def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: EnvPoolTextEnv | None,
+def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv | None,
                eval_problems: list[Problem], tokens: Tokens, last_groups: list[Group]) -> None:
     """After the last step: final evaluation, a check that the engines hold the learner's weights, the final
     policy saved to output_dir/final_model and registered in MLflow with the final metrics, the reward curve."""
@@ -698,7 +699,7 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
     workers, env, status = Workers(rollout=[], learner=None, placement_group=pg), None, "FAILED"
     try:
         workers.rollout = start_rollout(cfg, max_context_length(cfg.model.path), plan, pg, str(model_dir))
-        env = make_episode_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None
+        env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None
         metrics = evaluate_policy(cfg, workers, env, eval_problems, tokens)
         if env is None:
             groups = make_groups(eval_problems, tokens, num_samples, first_group_id=0)

@@ -24,10 +24,10 @@ Reward: the episode return R = return_scale * sum over turns of the env reward, 
 includes the env's `invalid_action_penalty` (that penalty is the only shaping). It is stored in `sample.reward`,
 where the `env_return` reward term reads it; scoring then replaces `sample.reward` with the combined reward.
 
-Where the env pool lives: in the caller's process (the driver), not in an actor. EnvPool is C++ with its own
-thread pool, a CartPole step costs microseconds, and the loop alternates generate -> step every turn, so an
-EnvActor would only add a Ray round trip per turn. A pool too heavy for the driver (many Atari envs) would move
-into a thin actor exposing the same reset/step.
+Where the env pool lives: by default in the caller's process (the driver). EnvPool is C++ with its own thread
+pool, a CartPole step costs microseconds, and the loop alternates generate -> step every turn, so an actor adds
+a Ray round trip per turn. A pool too heavy for the driver's node (many Atari envs) goes into an EnvActor
+(`env.in_actor: true`, rlplat/actors/env.py) behind the same TextEnv interface.
 
 Tokenizers without whitespace (the tiny char model drops it when encoding): set `replace_whitespace` so that
 rendered observations and templates keep their structure (e.g. grid rows separated by "|"), and use a compact

@@ -232,15 +232,15 @@ def test_april_continues_cut_episodes_in_later_steps(ray_session, rollout_actor,
 
 
 def test_april_env_run_checkpoints_cut_episodes_and_resumes(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The user path: `train` with env episodes + APRIL + PPO (critic and GAE over the episode's model tokens), a
-    checkpoint at every step, then `--resume` for one more step. The checkpoint carries the buffered episode
-    groups; the resumed run continues the same MLflow run."""
+    """The user path: `train` with env episodes + APRIL + PPO (critic and GAE over the episode's model tokens), the
+    pool in an EnvActor (`env.in_actor`), a checkpoint at every step, then `--resume` for one more step. The
+    checkpoint carries the buffered episode groups; the resumed run continues the same MLflow run."""
     from rlplat import checkpoint as ck
     from rlplat.envs.episode_april import EpisodeGroup
 
     extra = {**TINY, "experiment.num_steps": 2, "rollout.partial.enabled": "true", "checkpoint.every_steps": 1,
              "rollout.num_prompts_per_step": 1, "rollout.partial.over_provision": 3.0, "env.max_turns": 24,
-             **_algorithm_overrides("ppo.yaml")}
+             "env.in_actor": "true", **_algorithm_overrides("ppo.yaml")}
     first = controller.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
                                          smoke_overrides(tiny_model_dir, tmp_path, **extra)), progress=False)
     saved = ck.load_driver_state(tmp_path / "checkpoints" / "step_000002")

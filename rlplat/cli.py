@@ -106,14 +106,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume:
             controller.find_checkpoint(cfg, required=True)
     except ConfigError as e:
-        print(f"rlplat: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(e)
     _quiet_logs()
     try:
         result = controller.train(cfg, progress=not args.no_progress, resume=args.resume)
     except ConfigError as e:  # found once attached to the cluster: too few GPUs for the placement
-        print(f"rlplat: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(e)
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
     if rewards:
         k = min(10, len(rewards))
@@ -141,8 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
         _quiet_logs()
         result = controller.evaluate_checkpoint(cfg, args.checkpoint, num_samples=args.num_samples)
     except ConfigError as e:
-        print(f"rlplat: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(e)
     for key, points in sorted(result.history.items()):
         print(f"{key}: {points[-1][1]:.4f}")
     print(f"MLflow evaluation run {result.run_id} in {result.tracking_uri}")
@@ -193,8 +190,7 @@ def _model_tiny(args: argparse.Namespace) -> int:
     try:
         out = write_tiny_model(args.out_dir, shape=shape, seed=args.seed)
     except ValueError as e:
-        print(f"rlplat: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(e)
     print(f"wrote tiny model to {out}")
     return 0
 
@@ -214,6 +210,12 @@ def _bench(argv: list[str], parser: argparse.ArgumentParser) -> int:
         print(f"rlplat: error: unknown benchmark {argv[0]!r}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return int(module.main(argv[1:]) or 0)
+
+
+def _bad_input(error: Exception) -> int:
+    """One line naming the problem on stderr; the exit status of bad input."""
+    print(f"rlplat: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _quiet_logs() -> None:

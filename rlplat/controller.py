@@ -36,7 +36,7 @@ from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.placement import PlacementPlan, check_gpus, plan_placement
 from rlplat.rewards.basic import RewardInputs
-from rlplat.rewards.registry import RewardError, combined_reward, load_reward
+from rlplat.rewards.registry import RewardError, load_reward, score_with_spec
 from rlplat.rollout.engine import EngineOptions, SamplingOptions
 from rlplat.tracking import Tracker
 from rlplat.types import Group, Sample, TrainBatch
@@ -313,11 +313,7 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, reward_actor=None
             raise RewardError(scored)
         rewards, metrics = scored
     else:
-        terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
-                                                target_length_in_tokens=t.target_length_in_tokens))
-                 for t in cfg.reward.terms]
-        total, metrics = combined_reward(terms, inputs, timeout_s=cfg.reward.timeout_s)
-        rewards = total.tolist()
+        rewards, metrics = score_with_spec(cfg.reward, inputs)
     for s, r in zip(samples, rewards, strict=True):
         s.reward = r
     return metrics

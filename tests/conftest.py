@@ -5,6 +5,7 @@ vLLM engines take ~25-40 s to start on CPU, so end-to-end tests keep runs short 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -53,3 +54,20 @@ def smoke_overrides(model_dir: Path, out_dir: Path, **extra: object) -> list[str
     """Overrides that turn configs/smoke/grpo.yaml into a fast run writing under out_dir."""
     items = {"model.path": str(model_dir), "experiment.output_dir": str(out_dir), **extra}
     return [f"{k}={v}" for k, v in items.items()]
+
+
+@contextlib.contextmanager
+def started_rollout_actor(ray, model_dir: Path, max_model_len: int):
+    """A RolloutActor serving model_dir with its engine started; shut down and killed afterwards."""
+    from rlplat.actors.rollout import RolloutActor
+    from rlplat.rollout.engine import EngineOptions
+
+    handle = RolloutActor.remote(EngineOptions(model_path=str(model_dir), max_model_len=max_model_len, seed=0))
+    ray.get(handle.start.remote())
+    try:
+        yield handle
+    finally:
+        try:
+            ray.get(handle.shutdown.remote(), timeout=30)
+        finally:
+            ray.kill(handle)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rlplat.config import RewardConfig
 from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact_match
 from rlplat.rewards.builtin import format_regex, length_penalty, math_verify, tensorbleu
 
@@ -56,6 +57,15 @@ def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 
     if not callable(fn):
         raise ValueError(f"reward {name!r}: {path} has no function {func!r}")
     return fn
+
+
+def score_with_spec(cfg: RewardConfig, batch: RewardInputs) -> tuple[list[float], dict[str, float]]:
+    """The spec's `reward.terms` (weights and parameters bound) combined over `batch` within `reward.timeout_s`:
+    (one reward per sample, metrics). The driver and the RewardActor both score through this."""
+    terms = [(t.name, t.weight, load_reward(t.name, pattern=t.pattern,
+                                            target_length_in_tokens=t.target_length_in_tokens)) for t in cfg.terms]
+    total, metrics = combined_reward(terms, batch, timeout_s=cfg.timeout_s)
+    return total.tolist(), metrics
 
 
 def combined_reward(

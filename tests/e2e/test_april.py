@@ -14,9 +14,9 @@ import asyncio
 import pytest
 
 from rlplat.models import TinyModelShape, write_tiny_model
-from rlplat.rollout.engine import EngineOptions, SamplingOptions
+from rlplat.rollout.engine import SamplingOptions
 from rlplat.types import Group, Sample
-from tests.conftest import ROOT, smoke_overrides
+from tests.conftest import ROOT, smoke_overrides, started_rollout_actor
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def actor(ray_session, model_dir):
-    from rlplat.actors.rollout import RolloutActor
-
-    handle = RolloutActor.remote(EngineOptions(model_path=str(model_dir), max_model_len=CONTEXT, seed=0))
-    ray_session.get(handle.start.remote())
-    yield handle
-    try:
-        ray_session.get(handle.shutdown.remote(), timeout=30)
-    finally:
-        ray_session.kill(handle)
+    with started_rollout_actor(ray_session, model_dir, CONTEXT) as handle:
+        yield handle
 
 
 def _group(gid: int, prompt: list[int]) -> Group:

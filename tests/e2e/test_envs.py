@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from rlplat import controller
 from rlplat.config import RunConfig, flatten, load_config
 from rlplat.types import FinishReason, Group, Sample, TrainBatch
-from tests.conftest import ROOT, smoke_overrides
+from tests.conftest import ROOT, smoke_overrides, started_rollout_actor
 
 pytestmark = pytest.mark.slow
 
@@ -139,18 +139,10 @@ def test_episode_token_layout_and_rewards(env_run, tiny_model_dir: Path) -> None
 # ------------------------------------------------------------------------------------------------ APRIL
 @pytest.fixture(scope="module")
 def rollout_actor(ray_session, tiny_model_dir: Path):
-    from rlplat.actors.rollout import RolloutActor
     from rlplat.models import max_context_length
-    from rlplat.rollout.engine import EngineOptions
 
-    handle = RolloutActor.remote(EngineOptions(model_path=str(tiny_model_dir), seed=0,
-                                               max_model_len=max_context_length(str(tiny_model_dir))))
-    ray_session.get(handle.start.remote())
-    yield handle
-    try:
-        ray_session.get(handle.shutdown.remote(), timeout=30)
-    finally:
-        ray_session.kill(handle)
+    with started_rollout_actor(ray_session, tiny_model_dir, max_context_length(str(tiny_model_dir))) as handle:
+        yield handle
 
 
 def _new_weights(model_dir: Path, seed: int) -> bytes:

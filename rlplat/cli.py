@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--num-layers", type=int, default=2, help="decoder layers (default: %(default)s)")
     tiny.add_argument("--num-heads", type=int, default=2,
                       help="attention heads, also used as KV heads (default: %(default)s)")
+    tiny.add_argument("--intermediate-size", type=int, default=256,
+                      help="MLP intermediate size (default: %(default)s)")
+    tiny.add_argument("--context-length", type=int, default=128,
+                      help="max_position_embeddings: prompt + response tokens the model serves (default: %(default)s)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     tiny.set_defaults(func=_model_tiny)
 
@@ -186,7 +190,8 @@ def _model_tiny(args: argparse.Namespace) -> int:
     from rlplat.models import TinyModelShape, write_tiny_model
 
     shape = TinyModelShape(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
-                           num_kv_heads=args.num_heads)
+                           num_kv_heads=args.num_heads, intermediate_size=args.intermediate_size,
+                           max_position_embeddings=args.context_length)
     try:
         out = write_tiny_model(args.out_dir, shape=shape, seed=args.seed)
     except ValueError as e:

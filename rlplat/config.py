@@ -83,13 +83,17 @@ class RolloutConfig:
     max_new_tokens: int = 16  # response budget per sample
     temperature: float = 1.0
     top_p: float = 1.0
+    # Keep sampling past EOS up to max_new_tokens (verl's rollout.ignore_eos): fixed-length responses, for
+    # benchmark workloads whose cost must not depend on when a random or early model happens to stop.
+    ignore_eos: bool = False
     num_workers: int = 1  # vLLM engines, one Ray actor each
+    max_num_seqs: int = 256  # sequences an engine decodes at once (vLLM's max_num_seqs); more wait their turn
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers"):
+        for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers", "max_num_seqs"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.temperature > 0, "temperature must be > 0")
         _check(0 < self.top_p <= 1, "top_p must be in (0, 1]")

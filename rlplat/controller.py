@@ -185,6 +185,7 @@ def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
         dtype=cfg.model.dtype,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         enforce_eager=cfg.rollout.enforce_eager,
+        max_num_seqs=cfg.rollout.max_num_seqs,
     )
     tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators (and tests) find them
     rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg)).remote(options)
@@ -203,6 +204,13 @@ def make_groups(problems: list[Problem], tokens: Tokens, num_samples: int, first
                           answer=p.answer) for i in range(num_samples)]
         groups.append(Group(group_id=gid, prompt_id=p.prompt_id, samples=samples))
     return groups
+
+
+def rollout_sampling(cfg: RunConfig) -> SamplingOptions:
+    """The spec's sampling for training rollouts (and sampled evaluation)."""
+    r = cfg.rollout
+    return SamplingOptions(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                           ignore_eos=r.ignore_eos)
 
 
 def generate(workers: Workers, groups: list[Group], sampling: SamplingOptions, version: int) -> list[Group]:
@@ -576,8 +584,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> Run
     april = make_partial(cfg, workers)
     env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # driver, or env.in_actor
     cursor = PromptCursor(train_problems, seed=cfg.data.seed)
-    sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                               top_p=cfg.rollout.top_p)
+    sampling = rollout_sampling(cfg)
     version, status, producer = 0, "FAILED", None
     replay = ReplayBuffer(cfg.algorithm.remix, seed=cfg.experiment.seed)  # ReMix: past groups; inert otherwise
     start_step = 1
@@ -699,9 +706,7 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
         metrics = evaluate_policy(cfg, workers, env, eval_problems, tokens)
         if env is None:
             groups = make_groups(eval_problems, tokens, num_samples, first_group_id=0)
-            sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens,
-                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-            groups = generate(workers, groups, sampling, -1)
+            groups = generate(workers, groups, rollout_sampling(cfg), -1)
             scored = score(cfg, groups, tokens, workers.reward)  # per reward term
             metrics |= {f"eval/sampled_{k}": v for k, v in scored.items()}
             metrics |= sampled_eval_metrics(groups)

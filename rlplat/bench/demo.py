@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     from rlplat.actors.rollout import RolloutActor
     from rlplat.config import load_config
     from rlplat.models import max_context_length
-    from rlplat.rollout.engine import EngineOptions, SamplingOptions
+    from rlplat.rollout.engine import EngineOptions
 
     p = argparse.ArgumentParser(prog="rlplat bench demo")
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
                             seed=cfg.experiment.seed, dtype=cfg.model.dtype)
     actor = RolloutActor.remote(options)
     ray.get(actor.start.remote())
-    sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
+    sampling = controller.rollout_sampling(cfg)
     raw = []
     for rep in range(5):
         problems = train_problems[rep * cfg.rollout.num_prompts_per_step:(rep + 1) * cfg.rollout.num_prompts_per_step]

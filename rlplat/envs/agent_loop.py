@@ -39,6 +39,8 @@ a `RemoteRolloutWorker`, or a test fake).
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import difflib
 import re
@@ -289,7 +291,7 @@ def _tokens_left(ep: Episode, budget: EpisodeBudget) -> int:
 
 
 def _with_budget(sampling: SamplingOptions, max_new_tokens: int) -> SamplingOptions:
-    return SamplingOptions(max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+    return dataclasses.replace(sampling, max_new_tokens=max_new_tokens)
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:

@@ -32,6 +32,7 @@ class SamplingOptions:
     max_new_tokens: int  # the whole response budget; a continued sample gets what is left of it
     temperature: float = 1.0
     top_p: float = 1.0
+    ignore_eos: bool = False  # sample past EOS up to the budget (fixed-length benchmark workloads)
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -92,6 +93,7 @@ class RolloutEngine:
             max_tokens=budget,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            ignore_eos=sampling.ignore_eos,
             logprobs=0,
             skip_special_tokens=False,
         )

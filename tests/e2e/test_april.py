@@ -122,6 +122,20 @@ def test_aborted_group_continues_next_step_across_a_weight_sync(ray_session, act
     assert saved[0].samples[0].response_token_ids == prefix[0][0]  # the checkpointed buffer is a snapshot
 
 
+def test_ignore_eos_samples_every_response_to_its_budget(ray_session, actor) -> None:
+    """rollout.ignore_eos: with EOS ignored nothing stops early; the same prompt without it does stop (a random
+    model over the ~64-token char vocabulary meets EOS within 200 tokens in most of 16 samples)."""
+    budget = 200
+    fresh = lambda gid: [Sample(group_id=gid, sample_index=i, prompt_id=gid, prompt_token_ids=[10, 11, 12])  # noqa: E731
+                         for i in range(16)]
+    plain = ray_session.get(actor.generate.remote(fresh(5), SamplingOptions(max_new_tokens=budget), 0))
+    fixed = ray_session.get(actor.generate.remote(fresh(6), SamplingOptions(max_new_tokens=budget, ignore_eos=True), 0))
+    assert [s.num_response_tokens for s in fixed] == [budget] * 16
+    assert {s.finish_reason.value for s in fixed} == {"length"}
+    assert all(len(s.logp_behaviour) == len(s.policy_versions) == budget for s in fixed)
+    assert any(s.finish_reason.value == "stop" for s in plain)  # not vacuous: EOS is reachable
+
+
 def test_two_rollout_workers_train_with_april(ray_session, model_dir, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,17 @@ def test_model_tiny_writes_loadable_directory(tmp_path: Path) -> None:
 
     assert main(["model", "tiny", str(tmp_path / "t")]) == 0
     check_model_dir(tmp_path / "t")
+
+
+def test_model_tiny_shape_options_reach_the_config(tmp_path: Path) -> None:
+    from rlplat.models import max_context_length
+
+    argv = ["model", "tiny", str(tmp_path / "t"), "--hidden-size", "64", "--num-heads", "2",
+            "--intermediate-size", "96", "--context-length", "300"]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert (config["hidden_size"], config["intermediate_size"], config["num_attention_heads"]) == (64, 96, 2)
+    assert max_context_length(tmp_path / "t") == 300
 
 
 def test_eval_checkpoint_that_is_not_a_directory(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -290,6 +290,9 @@ class LearnerConfig:
     micro_batch_size_in_tokens: int = 4096
     compile: bool = False  # torch.compile the backbone and the log-prob head (GPU: worth it for long runs)
     activation_checkpointing: bool = False  # trade compute for memory (recompute layer activations in backward)
+    # Attention kernel of the learner (and critic) model, as transformers' attn_implementation: sdpa (PyTorch's fused
+    # kernels), flex_attention (Triton, compiled; GPU only: it has no backward on CPU) or eager (plain matmuls).
+    attn_implementation: Literal["sdpa", "flex_attention", "eager"] = "sdpa"
     fused_optimizer: bool = True  # fused AdamW kernel when the learner runs on CUDA
     # LM head matmul in fp32 on the fp32 master weights (ScaleRL: fewer trainer/generator mismatches). false: in
     # model.dtype under autocast; the log-softmax is fp32 either way. On GPU the fp32 head costs throughput.

@@ -74,6 +74,9 @@ def plan_placement(cfg: RunConfig, available_gpus: float) -> PlacementPlan:
     device = resolve_device(p.device, available_gpus)
     sync = resolve_weight_sync(p.weight_sync, device=device, colocate=p.colocate, num_engines=n)
     reward = p.reward_actor
+    if device == "cpu" and cfg.learner.attn_implementation == "flex_attention":
+        raise ConfigError("learner.attn_implementation: flex_attention needs the learner on a GPU (FlexAttention has "
+                          "no backward on CPU) but placement resolves to cpu; use sdpa")
     if device == "cpu":
         cpu = Slot(None, 0.0)
         return PlacementPlan("cpu", p.colocate, sync, (), (cpu,) * n, cpu, cpu if reward else None)

@@ -4,6 +4,9 @@
 #   tools/gpu_check.sh train    separate GPUs + NCCL, colocated + CUDA IPC (+ learner MFU bench on the other GPU),
 #                               and too many GPUs asked for
 #   tools/gpu_check.sh bench    rlplat bench weight_sync (bytes / broadcast / ipc) and rlplat bench async
+#   tools/gpu_check.sh async [K ...]   rlplat bench async on configs/gpu_async.yaml (a ~1.2B model, 256-token
+#                               responses), synchronous and at each staleness K (default 1)
+#   tools/gpu_check.sh learner  rlplat bench learner (one GPU): SDPA vs FlexAttention, and a kernel profile
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -57,5 +60,18 @@ bench)
     --hidden-size 1024 --num-layers 24 --num-heads 16 --intermediate-size 4096 rollout.enforce_eager=true 2>&1 | tee "$out/weight_sync.log" | tail -12
   python3 -m rlplat bench async --spec configs/gpu_2.yaml --steps 30 cluster.address=local \
     rollout.enforce_eager=true tracking.system_metrics_interval_s=0 --staleness 1 2>&1 | tee "$out/async.log" | tail -10
+  ;;
+async)
+  shift
+  [ -d models/medium ] || python3 -m rlplat model tiny models/medium --hidden-size 2048 --num-layers 24 \
+    --num-heads 16 --intermediate-size 5632 --context-length 512
+  python3 -m rlplat bench async --spec configs/gpu_async.yaml --steps ${STEPS:-12} cluster.address=local \
+    tracking.system_metrics_interval_s=0 --staleness "${@:-1}" 2>&1 | tee "$out/async_medium.log" \
+    | grep -v -E "WARNING|INFO|it/s]" | tail -30
+  ;;
+learner)
+  CUDA_VISIBLE_DEVICES=0 python3 -m rlplat.bench.learner --configs "${CONFIGS:-compile_fused@32768,compile_fused_flex@32768}" \
+    --profile "${PROFILE:-compile_fused_flex@32768}" --time-limit 420 2>&1 | tee "$out/learner.log" \
+    | grep -v -E "Warning|warn" | tail -70
   ;;
 esac

@@ -37,7 +37,7 @@ class Critic:
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
         config.classifier_dropout = 0.0  # GenericForTokenClassification defaults to 0.1 on the head
         model = AutoModelForTokenClassification.from_pretrained(
-            model_path, config=config, dtype=torch.float32, attn_implementation="sdpa")
+            model_path, config=config, dtype=torch.float32, attn_implementation=learner.attn_implementation)
         with torch.no_grad():
             model.score.weight.zero_()
             if model.score.bias is not None:

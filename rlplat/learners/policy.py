@@ -96,7 +96,11 @@ class PolicyLearner:
         self.cfg, self.algo = cfg, algo
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.amp_dtype = None if dtype == "float32" else _DTYPES[dtype]
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+        if cfg.attn_implementation == "flex_attention" and self.device.type != "cuda":
+            raise ValueError("learner.attn_implementation: flex_attention needs a GPU (it has no backward on CPU); "
+                             "use sdpa")
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                     attn_implementation=cfg.attn_implementation)
         if cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:

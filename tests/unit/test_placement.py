@@ -30,6 +30,14 @@ def test_auto_device_follows_the_cluster() -> None:
     assert _plan(4, "placement.device=cpu").device == "cpu"
 
 
+def test_flex_attention_needs_a_gpu_learner() -> None:
+    assert _plan(1, "learner.attn_implementation=flex_attention").device == "gpu"
+    with pytest.raises(ConfigError, match="flex_attention needs the learner on a GPU"):
+        _plan(0, "learner.attn_implementation=flex_attention")
+    with pytest.raises(ConfigError, match="sdpa"):  # an unknown kernel lists the valid ones
+        load_config(SMOKE, ["learner.attn_implementation=flash"])
+
+
 def test_separate_gpus_one_bundle_per_engine_plus_learner() -> None:
     plan = _plan(8, "placement.device=gpu", "rollout.num_workers=3")
     assert plan.bundles == ({"GPU": 1.0, "CPU": 1.0},) * 4 and plan.num_gpus == 4

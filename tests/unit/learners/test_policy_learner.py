@@ -114,6 +114,16 @@ def test_gradient_accumulation_does_not_depend_on_the_token_budget(tiny_model_di
         torch.testing.assert_close(ga[n], gb[n], atol=1e-7, rtol=1e-4)
 
 
+def test_attn_implementation_reaches_the_model_and_gives_the_same_step(tiny_model_dir: Path) -> None:
+    results = []
+    for impl in ("sdpa", "eager"):
+        learner = _learner(tiny_model_dir, learner={"attn_implementation": impl})
+        assert learner.model.config._attn_implementation == impl
+        m = learner.train_step(_batch(_samples(learner)))
+        results.append((m["loss/policy"], m["train/grad_norm"]))
+    assert results[0] == pytest.approx(results[1], rel=1e-5)
+
+
 def test_num_updates_split_the_batch_into_optimizer_steps(tiny_model_dir: Path) -> None:
     learner = _learner(tiny_model_dir, AlgorithmConfig(num_updates_per_batch=2))
     m = learner.train_step(_batch(_samples(learner, groups=4)))

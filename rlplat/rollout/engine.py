@@ -81,8 +81,12 @@ class RolloutEngine:
         return samples
 
     async def _continue(self, sample: Sample, sampling: SamplingOptions, policy_version: int) -> None:
+        """One request. vLLM streams deltas (only the tokens new since the last update, RequestOutputKind.DELTA),
+        so following a request costs O(its length), not O(length^2) as cumulative outputs would; no text is
+        detokenised (rlplat works on token ids)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         budget = sampling.max_new_tokens - sample.num_response_tokens
         if budget <= 0:
@@ -96,27 +100,30 @@ class RolloutEngine:
             ignore_eos=sampling.ignore_eos,
             logprobs=0,
             skip_special_tokens=False,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
         )
         request_id = f"s{next(self._ids)}"
         prompt = TokensPrompt(prompt_token_ids=sample.prompt_token_ids + sample.response_token_ids)
         self._inflight.add(request_id)
-        final = None
+        token_ids: list[int] = []
+        logps: list[float] = []
         versions: list[int] = []  # per token: weights may be swapped (load_weights) while this request runs
+        finish_reason = None
         try:
             assert self.engine is not None, "call start() first"
             async for out in self.engine.generate(prompt, params, request_id):
-                final = out
-                if out.outputs:
-                    versions += [self._version(policy_version)] * (len(out.outputs[0].token_ids) - len(versions))
+                if not out.outputs:
+                    continue
+                delta = out.outputs[0]
+                token_ids += delta.token_ids
+                logps += _sampled_logps(delta.token_ids, delta.logprobs)
+                versions += [self._version(policy_version)] * len(delta.token_ids)
+                finish_reason = delta.finish_reason or finish_reason
         finally:
             self._inflight.discard(request_id)
-        if final is None or not final.outputs:
-            return
-        completion = final.outputs[0]
-        token_ids = list(completion.token_ids)
-        logps = _sampled_logps(token_ids, completion.logprobs)
-        finish = _FINISH.get(completion.finish_reason or "", FinishReason.PENDING)
-        sample.extend(token_ids, logps, versions[: len(token_ids)], finish)
+        if token_ids or finish_reason:
+            sample.extend(token_ids, logps, versions, _FINISH.get(finish_reason or "", FinishReason.PENDING))
 
     def _version(self, requested: int) -> int:
         """The version generating right now: the caller's, unless newer weights were loaded since."""

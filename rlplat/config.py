@@ -88,12 +88,17 @@ class RolloutConfig:
     ignore_eos: bool = False
     num_workers: int = 1  # vLLM engines, one Ray actor each
     max_num_seqs: int = 256  # sequences an engine decodes at once (vLLM's max_num_seqs); more wait their turn
+    # Tokens per streamed update of a request (vLLM's stream_interval). Larger values cut the per-token host
+    # work of following hundreds of requests; tokens of an update that straddles a weight load are recorded
+    # with the older policy version (staleness over-, never under-estimated; log-probs are exact either way).
+    stream_interval: int = 1
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers", "max_num_seqs"):
+        for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers", "max_num_seqs",
+                     "stream_interval"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.temperature > 0, "temperature must be > 0")
         _check(0 < self.top_p <= 1, "top_p must be in (0, 1]")

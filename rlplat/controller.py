@@ -186,6 +186,7 @@ def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         enforce_eager=cfg.rollout.enforce_eager,
         max_num_seqs=cfg.rollout.max_num_seqs,
+        stream_interval=cfg.rollout.stream_interval,
     )
     tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators (and tests) find them
     rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg)).remote(options)

@@ -25,6 +25,7 @@ class EngineOptions:
     enforce_eager: bool = True
     max_num_seqs: int = 256
     cpu_kv_cache_gib: float = 1.0  # on CPU only: KV-cache size (vLLM's CPU default is far larger)
+    stream_interval: int = 1  # tokens per streamed update of a request (vLLM's stream_interval)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +65,7 @@ class RolloutEngine:
             logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled from
             worker_extension_cls="rlplat.rollout.weight_sync.WeightSyncExtension",
             enable_prefix_caching=True,
+            stream_interval=o.stream_interval,
         )
         from vllm.platforms import current_platform
 
@@ -110,16 +112,19 @@ class RolloutEngine:
         logps: list[float] = []
         versions: list[int] = []  # per token: weights may be swapped (load_weights) while this request runs
         finish_reason = None
+        version = self._version(policy_version)  # the version of the weights at the last update
         try:
             assert self.engine is not None, "call start() first"
             async for out in self.engine.generate(prompt, params, request_id):
                 if not out.outputs:
                     continue
                 delta = out.outputs[0]
+                version = delta_version(version, self._version(policy_version), len(delta.token_ids))
                 token_ids += delta.token_ids
                 logps += _sampled_logps(delta.token_ids, delta.logprobs)
-                versions += [self._version(policy_version)] * len(delta.token_ids)
+                versions += [version] * len(delta.token_ids)
                 finish_reason = delta.finish_reason or finish_reason
+                version = self._version(policy_version)
         finally:
             self._inflight.discard(request_id)
         if token_ids or finish_reason:
@@ -175,6 +180,15 @@ class RolloutEngine:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+
+
+def delta_version(before: int, now: int, num_tokens: int) -> int:
+    """The policy version to record for a streamed update of `num_tokens` tokens: `before` is the version at the
+    previous update (or the request's start), `now` the version loaded at this one. A single token was sampled
+    after the previous update, by the weights loaded now (a load runs between engine steps, and each step streams
+    its token). Several tokens (stream_interval > 1) may straddle a load: they get the older version, so a
+    token's staleness is over-estimated, never under-estimated (its behaviour log-prob is exact either way)."""
+    return now if num_tokens <= 1 else min(before, now)
 
 
 def _sampled_logps(token_ids: list[int], logprobs) -> list[float]:

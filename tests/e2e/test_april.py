@@ -144,7 +144,8 @@ def test_two_rollout_workers_train_with_april(ray_session, model_dir, tmp_path) 
 
     overrides = smoke_overrides(model_dir, tmp_path / "out", **{
         "rollout.num_workers": 2, "rollout.partial.enabled": "true", "rollout.partial.over_provision": 2.0,
-        "rollout.max_new_tokens": 64, "experiment.num_steps": 3, "data.num_eval_prompts": 4})
+        "rollout.max_new_tokens": 64, "experiment.num_steps": 3, "data.num_eval_prompts": 4,
+        "rollout.stream_interval": 8})  # multi-token updates, aborted mid-interval: the ledger must still balance
     cfg = load_config(ROOT / "configs/smoke/grpo.yaml", overrides)
     result = train(cfg, progress=False)
     client = MlflowClient(tracking_uri=result.tracking_uri)

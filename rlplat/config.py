@@ -92,6 +92,10 @@ class RolloutConfig:
     # work of following hundreds of requests; tokens of an update that straddles a weight load are recorded
     # with the older policy version (staleness over-, never under-estimated; log-probs are exact either way).
     stream_interval: int = 1
+    # Seed every request from (experiment.seed, group, sample, tokens so far) instead of the engine's one generator,
+    # so a run at a fixed seed samples the same tokens again (given the same logits). Off by default, as in verl and
+    # TRL: per-request generators make vLLM sample request by request.
+    reproducible_sampling: bool = False
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)

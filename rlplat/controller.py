@@ -211,7 +211,7 @@ def rollout_sampling(cfg: RunConfig) -> SamplingOptions:
     """The spec's sampling for training rollouts (and sampled evaluation)."""
     r = cfg.rollout
     return SamplingOptions(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                           ignore_eos=r.ignore_eos)
+                           ignore_eos=r.ignore_eos, seed=cfg.experiment.seed if r.reproducible_sampling else None)
 
 
 def generate(workers: Workers, groups: list[Group], sampling: SamplingOptions, version: int) -> list[Group]:

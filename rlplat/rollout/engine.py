@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import zlib
 from dataclasses import dataclass
 
 from rlplat.types import FinishReason, Sample
@@ -34,6 +35,7 @@ class SamplingOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     ignore_eos: bool = False  # sample past EOS up to the budget (fixed-length benchmark workloads)
+    seed: int | None = None  # None: the engine's generator; else each request its own (see request_seed)
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -104,6 +106,7 @@ class RolloutEngine:
             skip_special_tokens=False,
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
+            seed=None if sampling.seed is None else request_seed(sampling.seed, sample),
         )
         request_id = f"s{next(self._ids)}"
         prompt = TokensPrompt(prompt_token_ids=sample.prompt_token_ids + sample.response_token_ids)
@@ -180,6 +183,15 @@ class RolloutEngine:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+
+
+def request_seed(base: int, sample: Sample) -> int:
+    """The sampling seed of one request: a function of the run's seed, the sample's group and index, and how many
+    tokens it already has (a continued sample draws afresh, not a replay of its first request's draws). It does not
+    depend on which engine serves the request or on what else is batched with it, so a run repeats token for token
+    wherever the engine's logits do."""
+    key = f"{base}:{sample.group_id}:{sample.sample_index}:{sample.num_response_tokens}".encode()
+    return zlib.crc32(key)
 
 
 def delta_version(before: int, now: int, num_tokens: int) -> int:

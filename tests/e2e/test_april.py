@@ -136,6 +136,20 @@ def test_ignore_eos_samples_every_response_to_its_budget(ray_session, actor) -> 
     assert any(s.finish_reason.value == "stop" for s in plain)  # not vacuous: EOS is reachable
 
 
+def test_reproducible_sampling_repeats_a_group_token_for_token(ray_session, actor) -> None:
+    """rollout.reproducible_sampling: per-request seeds from (seed, group, sample, progress). The same group
+    sampled twice gets the same tokens; its samples differ from each other, and another run seed changes them."""
+    def sampled(seed: int) -> list[list[int]]:
+        group = _group(7, [10, 11, 12])
+        out = ray_session.get(actor.generate.remote(group.samples, SamplingOptions(max_new_tokens=40, seed=seed), 0))
+        return [s.response_token_ids for s in out]
+
+    first, again, other_seed = sampled(0), sampled(0), sampled(1)
+    assert first == again
+    assert len({tuple(t) for t in first}) == G  # each sample draws its own tokens
+    assert first != other_seed
+
+
 def test_two_rollout_workers_train_with_april(ray_session, model_dir, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -61,6 +61,7 @@ class Workers:
     weight_sync: str = "bytes"  # placement.weight_sync, resolved: bytes | broadcast | ipc
     weight_group_open: bool = False  # broadcast: learner and engines have joined one process group
     placement_group: object = None  # Ray placement group of a GPU plan (None on CPU)
+    device: str = "cpu"  # the plan's device: the broadcast weight sync uses NCCL on gpu, gloo on cpu
     reward: object = None  # RewardActor handle (placement.reward_actor); None: rewards are scored in the driver
 
 
@@ -164,7 +165,7 @@ def start_workers(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
     if plan.reward is not None:
         reward = RewardActor.options(**actor_options(plan.reward, pg)).remote(absolute_reward_paths(cfg.reward))
     return Workers(rollout=rollout, learner=learner, call_timeout_s=cfg.cluster.call_timeout_s,
-                   weight_sync=plan.weight_sync, placement_group=pg, reward=reward)
+                   weight_sync=plan.weight_sync, placement_group=pg, device=plan.device, reward=reward)
 
 
 def absolute_reward_paths(cfg: RewardConfig) -> RewardConfig:
@@ -363,9 +364,11 @@ def sync_weights(workers: Workers, version: int) -> None:
                 "weight sync", workers.call_timeout_s)
         elif workers.weight_sync == "ipc":
             payload = workers.learner.ipc_payload.remote()
-            get([w.receive_weights.remote("receive_ipc", payload, version) for w in workers.rollout],
-                "weight sync", workers.call_timeout_s)
-            get(workers.learner.release_ipc.remote(), "weight sync", workers.call_timeout_s)
+            try:
+                get([w.receive_weights.remote("receive_ipc", payload, version) for w in workers.rollout],
+                    "weight sync", workers.call_timeout_s)
+            finally:  # also when an engine died mid-sync: the learner lets go of the shared tensors
+                get(workers.learner.release_ipc.remote(), "weight sync", workers.call_timeout_s)
         else:
             payload = workers.learner.weights_bytes.remote()
             get([w.load_weights.remote(payload, version) for w in workers.rollout], "weight sync",
@@ -380,7 +383,7 @@ def open_weight_group(workers: Workers) -> None:
         return
     host, port = get(workers.learner.free_address.remote(), "weight group", workers.call_timeout_s)
     world = len(workers.rollout) + 1
-    backend = "nccl" if workers.placement_group is not None else "gloo"
+    backend = "nccl" if workers.device == "gpu" else "gloo"
     get([workers.learner.open_weight_group.remote(backend, host, port, world),
          *(w.rpc.remote("open_weight_group", backend, host, port, i + 1, world)
            for i, w in enumerate(workers.rollout))],

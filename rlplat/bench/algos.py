@@ -48,7 +48,7 @@ def run_algorithm(name: str, spec: str, args: argparse.Namespace) -> dict[str, o
     out = Path(args.out) / name
     overrides = [f"experiment.num_steps={args.steps}", f"model.path={args.model}", f"experiment.output_dir={out}",
                  "tracking.experiment_name=rlplat-bench-algos", f"tracking.log_samples_every_steps={args.steps}",
-                 f"experiment.seed={args.seed}", *args.override]
+                 f"experiment.seed={args.seed}", "rollout.reproducible_sampling=true", *args.override]
     cfg = load_config(ROOT / "configs" / spec, overrides)
     start = time.perf_counter()
     result = controller.train(cfg, progress=False)

@@ -177,9 +177,9 @@ def absolute_reward_paths(cfg: RewardConfig) -> RewardConfig:
     return dataclasses.replace(cfg, terms=tuple(dataclasses.replace(t, name=absolute(t.name)) for t in cfg.terms))
 
 
-def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, model_path: str = "") -> list:
-    """One RolloutActor per engine slot of the plan, serving `model_path` (default: model.path); waits until up."""
-    options = EngineOptions(
+def engine_options(cfg: RunConfig, context_len: int, model_path: str = "") -> EngineOptions:
+    """The spec's vLLM engine options, serving `model_path` (default: model.path)."""
+    return EngineOptions(
         model_path=str(Path(model_path or cfg.model.path).resolve()),
         max_model_len=context_len,
         seed=cfg.experiment.seed,
@@ -189,6 +189,11 @@ def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None
         max_num_seqs=cfg.rollout.max_num_seqs,
         stream_interval=cfg.rollout.stream_interval,
     )
+
+
+def start_rollout(cfg: RunConfig, context_len: int, plan: PlacementPlan, pg=None, model_path: str = "") -> list:
+    """One RolloutActor per engine slot of the plan, serving `model_path` (default: model.path); waits until up."""
+    options = engine_options(cfg, context_len, model_path)
     tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators (and tests) find them
     rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg)).remote(options)
                for i, slot in enumerate(plan.rollout)]

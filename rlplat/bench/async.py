@@ -63,20 +63,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-PHASES = {"wait for batch": "time/rollout_s", "generate + reward": "time/generate_s", "train": "time/train_s",
-          "weight sync": "time/weight_sync_s"}
+PHASES = ("wait for batch", "generate + reward", "train", "weight sync")
 
 
 def step_phases(history: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
     """Median seconds of each phase over steps 2..N (generate + reward: the producer's, matched to its batch)."""
-    out = {}
-    for label, key in PHASES.items():
-        values = [v for step, v in history.get(key, []) if step > 1]
-        if key == "time/generate_s":
-            values = [v + r for (step, v), (_, r) in zip(history.get(key, []), history.get("time/reward_s", []),
-                                                        strict=False) if step > 1]
-        out[label] = statistics.median(values) if values else float("nan")
-    return out
+    def later(key: str) -> list[float]:
+        return [v for step, v in history.get(key, []) if step > 1]
+
+    values = dict(zip(PHASES, (later("time/rollout_s"),
+                               [g + r for g, r in zip(later("time/generate_s"), later("time/reward_s"), strict=False)],
+                               later("time/train_s"), later("time/weight_sync_s")), strict=True))
+    return {label: statistics.median(v) if v else float("nan") for label, v in values.items()}
 
 
 def overlap_bound(sync_phases: dict[str, float]) -> float:

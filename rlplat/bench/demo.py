@@ -19,7 +19,6 @@ def main(argv: list[str]) -> int:
     from rlplat.actors.rollout import RolloutActor
     from rlplat.config import load_config
     from rlplat.models import max_context_length
-    from rlplat.rollout.engine import EngineOptions
 
     p = argparse.ArgumentParser(prog="rlplat bench demo")
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -43,9 +42,7 @@ def main(argv: list[str]) -> int:
     # Raw vLLM on the same prompts: one engine, same options, generate only.
     tokens, train_problems, _ = controller.preflight(cfg)
     controller.init_ray(cfg)
-    options = EngineOptions(model_path=cfg.model.path, max_model_len=max_context_length(cfg.model.path),
-                            seed=cfg.experiment.seed, dtype=cfg.model.dtype)
-    actor = RolloutActor.remote(options)
+    actor = RolloutActor.remote(controller.engine_options(cfg, max_context_length(cfg.model.path)))
     ray.get(actor.start.remote())
     sampling = controller.rollout_sampling(cfg)
     raw = []

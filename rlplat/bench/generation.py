@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import statistics
 import time
-from pathlib import Path
 
 from rlplat.bench.common import emit_headline, print_table
 
@@ -44,8 +43,8 @@ def main(argv: list[str]) -> int:
     import dataclasses
 
     from rlplat.config import load_config
+    from rlplat.controller import engine_options
     from rlplat.models import max_context_length
-    from rlplat.rollout.engine import EngineOptions
 
     p = argparse.ArgumentParser(prog="rlplat bench generation", description=__doc__.splitlines()[0])
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -56,10 +55,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.spec, args.overrides)
-    r = cfg.rollout
-    base = EngineOptions(model_path=str(Path(cfg.model.path).resolve()), max_model_len=max_context_length(cfg.model.path),
-                         seed=cfg.experiment.seed, dtype=cfg.model.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
-                         enforce_eager=r.enforce_eager, max_num_seqs=max(r.max_num_seqs, args.num_samples))
+    base = dataclasses.replace(engine_options(cfg, max_context_length(cfg.model.path)),
+                               max_num_seqs=max(cfg.rollout.max_num_seqs, args.num_samples))
     rows, rate = [], {}
     for interval in args.intervals:
         options = dataclasses.replace(base, stream_interval=interval)

@@ -16,7 +16,8 @@ Variants (`--configs`, each optionally `name@budget` for its micro-batch token b
 `compile` take the plain LM head (full [tokens, V] logits); the `fused*` ones take the chunked fused head
 (`learners/fused_head.py`, the learner's default), `_fp32` with the fp32 head matmul, `_tf32` also allowing TF32 for
 it; `_flash` lets SDPA use only FlashAttention, `_flex` runs attention as compiled FlexAttention
-(`learner.attn_implementation: flex_attention`). `--profile SPEC` prints the kernel-time table of one extra step of the variant SPEC (`name@budget`).
+(`learner.attn_implementation: flex_attention`). `--profile SPEC` prints the kernel-time table of one extra step of
+the variant SPEC (`name@budget`).
 """
 
 from __future__ import annotations

@@ -39,14 +39,12 @@ a `RemoteRolloutWorker`, or a test fake).
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
 import difflib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import envpool
@@ -291,7 +289,7 @@ def _tokens_left(ep: Episode, budget: EpisodeBudget) -> int:
 
 
 def _with_budget(sampling: SamplingOptions, max_new_tokens: int) -> SamplingOptions:
-    return dataclasses.replace(sampling, max_new_tokens=max_new_tokens)
+    return replace(sampling, max_new_tokens=max_new_tokens)
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:

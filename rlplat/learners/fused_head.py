@@ -119,18 +119,29 @@ def _stats(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _stats_entropy(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """_stats plus the entropy H = -sum_v p_v log p_v, p = softmax(z), [C] f32 (finite logits: a linear layer's)."""
+    """_stats plus the entropy of p = softmax(z), [C] f32 (finite logits: a linear layer's), in two reads of z:
+
+        m = max_v z_v,  s = sum_v e^(z_v - m),  lse = m + log s,  H = log s + sum_v e^(z_v - m) (m - z_v) / s
+
+    (H = lse - E_p[z], written so that both terms are >= 0: no cancellation). The max is one pass over z; s and the
+    second sum share the other.
+    """
     zf = _upcast(z)
-    lse = torch.logsumexp(zf, dim=-1)
+    m = zf.amax(-1, keepdim=True)
+    shifted = zf - m  # <= 0
+    e = shifted.exp()
+    s = e.sum(-1)
+    log_s = s.log()
     picked = zf.gather(-1, targets[:, None])[:, 0]
-    logp = zf - lse[:, None]
-    return lse, picked, -logp.exp().mul_(logp).sum(-1)  # -sum p log p: terms of one sign, no cancellation
+    return m[:, 0] + log_s, picked, log_s - (e * shifted).sum(-1) / s
 
 
 def _grad(z: Tensor, lse: Tensor, targets: Tensor, g: Tensor) -> Tensor:
-    """dL/dz = g * (onehot(targets) - softmax(z)) for upstream g = dL/dlogp [C] f32; returned in z's dtype."""
-    g_z = (_upcast(z) - lse[:, None]).exp_().mul_(-g[:, None])
-    return g_z.scatter_add_(-1, targets[:, None], g[:, None]).to(z.dtype)
+    """dL/dz = g * (onehot(targets) - softmax(z)) for upstream g = dL/dlogp [C] f32; returned in z's dtype.
+    The one-hot is a comparison with the column index, so compiled this is one pointwise pass (read z, write g_z)."""
+    p = (_upcast(z) - lse[:, None]).exp()
+    onehot = torch.arange(z.shape[-1], device=z.device)[None, :] == targets[:, None]
+    return (g[:, None] * (onehot.to(p.dtype) - p)).to(z.dtype)
 
 
 def _upcast(z: Tensor) -> Tensor:
@@ -140,11 +151,16 @@ def _upcast(z: Tensor) -> Tensor:
 _KERNELS: dict[str, Callable[..., Any]] = {"stats": _stats, "stats_entropy": _stats_entropy, "grad": _grad}
 
 
+# Each chunk has thousands of rows, enough parallelism without splitting a row's 151,936-wide reduction over
+# several programs; unsplit, Inductor keeps one looped reduction per row (and can use its online softmax).
+_COMPILE_OPTIONS = {"split_reductions": False}
+
+
 @cache
 def _kernel(name: str, compile: bool) -> Callable[..., Any]:
     """The eager kernel, or its torch.compile'd version (dynamic shapes: chunk rows and vocabulary vary)."""
     fn = _KERNELS[name]
-    return torch.compile(fn, dynamic=True) if compile else fn
+    return torch.compile(fn, dynamic=True, options=_COMPILE_OPTIONS) if compile else fn
 
 
 __all__ = ["DEFAULT_CHUNK_TOKENS", "fused_linear_logp"]

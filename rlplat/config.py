@@ -309,6 +309,9 @@ class LearnerConfig:
     # Fused LM head: log-probs, their gradient and the entropy from chunks of this many tokens, never the whole
     # micro-batch's [tokens, vocabulary] logits (rlplat/learners/fused_head.py). 0: the plain full-logits head.
     head_chunk_tokens: int = 4096
+    # Fused head: recompute each chunk's logits in the backward (memory O(chunk x vocabulary)). false: keep them from
+    # the forward in the head's dtype, one head matmul less per step for O(micro-batch tokens x vocabulary) memory.
+    head_recompute: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr must be > 0")

@@ -19,7 +19,8 @@ Variants (`--configs`, each optionally `name@budget` for its micro-batch token b
 `compile` take the plain LM head (full [tokens, V] logits); the `fused*` ones take the chunked fused head
 (`learners/fused_head.py`, the learner's default), `_fp32` with the fp32 head matmul, `_tf32` also allowing TF32 for
 it; `_flash` lets SDPA use only FlashAttention, `_flex` runs attention as compiled FlexAttention
-(`learner.attn_implementation: flex_attention`). `--profile SPEC` prints the kernel-time table of one extra step of
+(`learner.attn_implementation: flex_attention`), `_keep` keeps the head's chunk logits for the backward
+(`learner.head_recompute: false`). `--profile SPEC` prints the kernel-time table of one extra step of
 the variant SPEC (`name@budget`).
 """
 
@@ -103,6 +104,7 @@ class Variant:
     tf32: bool = False
     flash_only: bool = False  # SDPA may use only FlashAttention (cuDNN and memory-efficient attention off)
     attn: str = "sdpa"  # learner.attn_implementation
+    head_recompute: bool = True  # learner.head_recompute
 
 
 VARIANTS = {
@@ -119,6 +121,8 @@ VARIANTS = {
     "compile_fused_flash": Variant(compile=True, fp32_head=False, head_chunk_tokens=4096, flash_only=True),
     "compile_fused_flex": Variant(compile=True, fp32_head=False, head_chunk_tokens=4096, attn="flex_attention"),
     "compile_flex": Variant(compile=True, fp32_head=False, head_chunk_tokens=0, attn="flex_attention"),
+    "compile_fused_flex_keep": Variant(compile=True, fp32_head=False, head_chunk_tokens=4096, attn="flex_attention",
+                                       head_recompute=False),
 }
 
 
@@ -129,7 +133,8 @@ def measure(model_dir: str, batch, *, budget: int, variant: Variant, steps: int,
     from rlplat.learners.policy import PolicyLearner
 
     cfg = LearnerConfig(lr=1e-6, micro_batch_size_in_tokens=budget, compile=variant.compile,
-                        fp32_lm_head=variant.fp32_head, attn_implementation=variant.attn)
+                        fp32_lm_head=variant.fp32_head, attn_implementation=variant.attn,
+                        head_recompute=variant.head_recompute)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32  # only the fp32 head runs fp32 matmuls
     torch.backends.cuda.enable_cudnn_sdp(not variant.flash_only)
     torch.backends.cuda.enable_mem_efficient_sdp(not variant.flash_only)

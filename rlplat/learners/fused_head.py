@@ -30,7 +30,7 @@ DEFAULT_CHUNK_TOKENS = 4096  # [4096, 151936] bf16 logits = 1.2 GiB per chunk; t
 def fused_linear_logp(
     hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None, *,
     chunk_size: int = DEFAULT_CHUNK_TOKENS, compute_dtype: torch.dtype = torch.float32, with_entropy: bool = False,
-    compile: bool = False,
+    compile: bool = False, keep_logits: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs of `targets` under logits = hidden @ weight^T + bias, computed chunk by chunk.
 
@@ -39,6 +39,8 @@ def fused_linear_logp(
     compute_dtype: the matmul dtype, float32 (`fp32_lm_head`) or the autocast dtype (bf16/fp16); autocast is off
     inside, so the caller's autocast context does not change it. logsumexp and the softmax are fp32 either way.
     chunk_size: tokens per chunk; memory is O(chunk_size x V). compile: torch.compile the per-chunk kernels (GPU).
+    keep_logits: when a gradient will be taken, keep every chunk's logits (in compute_dtype) for the backward instead
+    of recomputing them there: one head matmul less per step for O(tokens x V) memory (`learner.head_recompute`).
     Returns (logp [...] f32, differentiable w.r.t. hidden, weight and bias; entropy [...] f32 or None), f64 instead
     when compute_dtype is float64 (tests). The entropy is a metric: computed from the same chunk logits in the
     forward, it carries no gradient.
@@ -50,8 +52,10 @@ def fused_linear_logp(
                          f"{tuple(targets.shape)} must be [..., H], [V, H] and [...]")
     lead = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])
+    keep = keep_logits and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
     logp, entropy = _FusedLinearLogp.apply(flat_h, weight, bias, targets.reshape(-1), chunk_size, compute_dtype,
-                                           with_entropy, compile)
+                                           with_entropy, compile, keep)
     return logp.view(lead), entropy.view(lead) if with_entropy else None
 
 
@@ -59,33 +63,34 @@ class _FusedLinearLogp(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
-        compute_dtype: torch.dtype, with_entropy: bool, compile: bool,
+        compute_dtype: torch.dtype, with_entropy: bool, compile: bool, keep_logits: bool,
     ) -> tuple[Tensor, Tensor]:
         n, acc = hidden.shape[0], torch.promote_types(compute_dtype, torch.float32)
         logp = torch.empty(n, dtype=acc, device=hidden.device)
         lse = torch.empty_like(logp)
         entropy = torch.empty(n if with_entropy else 0, dtype=acc, device=hidden.device)
         stats = _kernel("stats_entropy" if with_entropy else "stats", compile)
+        kept = torch.empty((n if keep_logits else 0, weight.shape[0]), dtype=compute_dtype, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(compute_dtype)
             for s in range(0, n, chunk_size):
                 e = min(n, s + chunk_size)
-                z = torch.nn.functional.linear(hidden[s:e].to(compute_dtype), w, b)
+                z = _head_matmul(hidden[s:e].to(compute_dtype), w, b, out=kept[s:e] if keep_logits else None)
                 out = stats(z, targets[s:e])
                 lse[s:e] = out[0]
                 logp[s:e] = out[1] - out[0]
                 if with_entropy:
                     entropy[s:e] = out[2]
                 del z, out
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.chunk_size, ctx.compute_dtype, ctx.compile = chunk_size, compute_dtype, compile
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
+        ctx.chunk_size, ctx.compute_dtype, ctx.compile, ctx.keep_logits = chunk_size, compute_dtype, compile, keep_logits
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx: Any, g_logp: Tensor, _g_entropy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         cdt, n = ctx.compute_dtype, hidden.shape[0]
         grad_logits = _kernel("grad", ctx.compile)
@@ -98,17 +103,36 @@ class _FusedLinearLogp(torch.autograd.Function):
             for s in range(0, n, ctx.chunk_size):
                 e = min(n, s + ctx.chunk_size)
                 h = hidden[s:e].to(cdt)
-                g_z = grad_logits(torch.nn.functional.linear(h, w, b), lse[s:e], targets[s:e],
+                z = kept[s:e] if ctx.keep_logits else _head_matmul(h, w, b)
+                g_z = grad_logits(z, lse[s:e], targets[s:e],
                                   g_logp[s:e].to(lse.dtype))  # [chunk, V] in cdt, as autograd of the plain path has it
                 if g_h is not None:
                     g_h[s:e] = g_z @ w
                 if g_w is not None:
-                    g_w.add_(g_z.t() @ h)  # chunk partial sums in fp32
+                    _accumulate_matmul(g_w, g_z.t(), h)  # chunk partial sums in fp32
                 if g_b is not None:
                     g_b.add_(g_z.sum(0, dtype=lse.dtype))
-                del h, g_z
+                del h, z, g_z
         return (g_h, None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
+
+
+def _head_matmul(h: Tensor, w: Tensor, b: Tensor | None, *, out: Tensor | None = None) -> Tensor:
+    """z = h w^T + b, [C, V], written into `out` (a row slice of the kept logits) when given."""
+    if out is None:
+        return torch.nn.functional.linear(h, w, b)
+    if b is None:
+        return torch.mm(h, w.t(), out=out)
+    return torch.addmm(b, h, w.t(), out=out)
+
+
+def _accumulate_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b with acc fp32. On CUDA with 16-bit a and b, cuBLAS accumulates straight into acc (no 16-bit
+    product and no separate add pass); elsewhere the product is taken in a's dtype and added."""
+    if acc.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and acc.dtype == torch.float32:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.add_(a @ b)
 
 
 # ---------------------------------------------------------------------------------------------- per-chunk kernels
@@ -158,9 +182,12 @@ _COMPILE_OPTIONS = {"split_reductions": False}
 
 @cache
 def _kernel(name: str, compile: bool) -> Callable[..., Any]:
-    """The eager kernel, or its torch.compile'd version (dynamic shapes: chunk rows and vocabulary vary)."""
+    """The eager kernel, or its torch.compile'd version. Shapes are specialised first and made dynamic only where
+    they change (dynamo's automatic dynamic shapes): the row count of a last, shorter chunk becomes dynamic, the
+    vocabulary stays a constant, which keeps a pointwise kernel's [C, V] index arithmetic cheap (with a dynamic V
+    the softmax-gradient kernel ran at a third of the memory bandwidth)."""
     fn = _KERNELS[name]
-    return torch.compile(fn, dynamic=True, options=_COMPILE_OPTIONS) if compile else fn
+    return torch.compile(fn, options=_COMPILE_OPTIONS) if compile else fn
 
 
 __all__ = ["DEFAULT_CHUNK_TOKENS", "fused_linear_logp"]

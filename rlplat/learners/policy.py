@@ -321,7 +321,8 @@ class PolicyLearner:
         head = self.model.get_output_embeddings()
         logp, entropy = fused_linear_logp(
             self._hidden(mb.input_ids, decoder), head.weight, mb.targets, head.bias, chunk_size=self.head_chunk_tokens,
-            compute_dtype=self._head_dtype, with_entropy=entropy_mask is not None, compile=self.cfg.compile)
+            compute_dtype=self._head_dtype, with_entropy=entropy_mask is not None, compile=self.cfg.compile,
+            keep_logits=not self.cfg.head_recompute)
         if entropy_mask is None:
             return logp, None
         return logp, (_t(entropy) * entropy_mask).sum() / entropy_mask.sum().clamp(min=1)

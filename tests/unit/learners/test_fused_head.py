@@ -108,6 +108,22 @@ def test_bf16_matches_the_plain_autocast_head() -> None:
         torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)  # bf16 gradient logits, rounded per chunk
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_kept_logits_give_the_recomputed_result(bias: bool) -> None:
+    hidden, weight, b, targets = _inputs(bias=bias)
+    upstream = torch.randn(N, dtype=torch.float64)
+    results = []
+    for keep in (False, True):
+        logp, _ = fused_linear_logp(hidden, weight, targets, b, chunk_size=5, compute_dtype=torch.float64,
+                                    keep_logits=keep)
+        results.append((logp, *_grads(logp, upstream, hidden, weight, b)))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    with torch.no_grad():  # nothing to keep without a gradient: still the same log-probs
+        torch.testing.assert_close(fused_linear_logp(hidden, weight, targets, b, chunk_size=5,
+                                                     compute_dtype=torch.float64, keep_logits=True)[0], results[0][0])
+
+
 def test_rejects_bad_shapes() -> None:
     hidden, weight, b, targets = _inputs()
     with pytest.raises(ValueError):
@@ -137,7 +153,8 @@ def _train_once(model_dir: Path, chunk: int, algo: AlgorithmConfig | None = None
     # step on weights that differ by rounding.
     (AlgorithmConfig(kl_coef=0.1, num_updates_per_batch=2), {}, 2e-5),
     (AlgorithmConfig(kl_coef=0.1), {"lora": LoraConfig(rank=4)}, 1e-6),  # reference = adapter-disabled base
-], ids=["grpo-single-pass", "kl-two-updates", "lora-kl"])
+    (AlgorithmConfig(), {"learner": {"head_recompute": False}}, 1e-6),  # chunk logits kept for the backward
+], ids=["grpo-single-pass", "kl-two-updates", "lora-kl", "kept-logits"])
 def test_train_step_equals_the_plain_full_logits_head(tiny_model_dir: Path, algo: AlgorithmConfig, kw: dict,
                                                       atol: float) -> None:
     plain_m, plain_g, plain = _train_once(tiny_model_dir, 0, algo, **kw)
@@ -177,3 +194,29 @@ def test_compiled_kernels_match_eager() -> None:
         outs[compiled] = (logp, entropy, *_grads(logp, upstream, hidden, weight, b))
     for got, want in zip(outs[True], outs[False], strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("keep", [False, True])
+def test_cuda_bf16_head_matches_float64(compiled: bool, keep: bool) -> None:
+    """The GPU path at a real vocabulary size: bf16 matmuls (kept or recomputed logits, fp32-accumulating weight
+    gradient through cuBLAS, compiled kernels) against the float64 computation, within bf16 rounding."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, hid, vocab = 5000, 896, 151936  # 5000 tokens: a full 4096 chunk and a shorter one
+    hidden = (torch.randn(n, hid, device="cuda", generator=g) * 0.5).requires_grad_()
+    weight = (torch.randn(vocab, hid, device="cuda", generator=g) * 0.05).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), device="cuda", generator=g)
+    upstream = torch.randn(n, device="cuda", generator=g)
+
+    def run(dtype: torch.dtype, **kw: bool):
+        logp, entropy = fused_linear_logp(hidden, weight, targets, chunk_size=4096, with_entropy=True,
+                                          compute_dtype=dtype, **kw)
+        return (logp, entropy, *_grads(logp, upstream, hidden, weight))
+
+    want = run(torch.float64)
+    got = run(torch.bfloat16, compile=compiled, keep_logits=keep)
+    for name, a, b, tol in zip(("logp", "entropy", "grad_hidden", "grad_weight"), got, want, (2e-3, 1e-4, 2e-2, 2e-2),
+                               strict=True):
+        rel = float((a.double() - b).abs().max() / b.abs().max())
+        assert rel < tol, (name, rel)

@@ -65,7 +65,7 @@ async)
   shift
   [ -d models/medium ] || python3 -m rlplat model tiny models/medium --hidden-size 2048 --num-layers 24 \
     --num-heads 16 --intermediate-size 5632 --context-length 512
-  python3 -m rlplat bench async --spec configs/gpu_async.yaml --steps ${STEPS:-12} cluster.address=local \
+  python3 -m rlplat bench async --spec ${SPEC:-configs/gpu_async.yaml} --steps ${STEPS:-12} cluster.address=local \
     tracking.system_metrics_interval_s=0 --staleness "${@:-1}" 2>&1 | tee "$out/async_medium.log" \
     | grep -v -E "WARNING|INFO|it/s]" | tail -30
   ;;

@@ -196,7 +196,7 @@ def test_compiled_kernels_match_eager() -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("keep", [False, True])
 def test_cuda_bf16_head_matches_float64(compiled: bool, keep: bool) -> None:

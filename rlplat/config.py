@@ -162,6 +162,9 @@ class RemixConfig:
     update_to_data: int = 2  # m: optimizer updates per rollout batch (replaces num_updates_per_batch)
     kl_convex: KlConvexConfig = field(default_factory=KlConvexConfig)
     reincarnation_step: int | None = None  # T: after step T the KL base is pi_T and replay is off; null: never
+    # After step T, one optimizer update per batch (the base algorithm's: pure on-policy, as the paper's
+    # reincarnation says) instead of m; false: keep m. Unconfirmed in the paper (algos/remix.updates_per_batch).
+    base_updates_after_reincarnation: bool = True
 
     def __post_init__(self) -> None:
         _check(self.replay_versions >= 1, "replay_versions must be >= 1")
@@ -212,7 +215,8 @@ class AlgorithmConfig:
 
     @property
     def num_updates(self) -> int:
-        """Optimizer updates per rollout batch: ReMix's update_to_data when ReMix is on."""
+        """Optimizer updates per rollout batch: ReMix's update_to_data when ReMix is on (until its reincarnation
+        step; `PolicyLearner` asks algos.remix.updates_per_batch for each step)."""
         return self.remix.update_to_data if self.remix.enabled else self.num_updates_per_batch
 
 

@@ -161,6 +161,20 @@ def replay_enabled(step: int, *, reincarnation_step: int | None) -> bool:
     return reincarnation_step is None or step <= reincarnation_step
 
 
+def updates_per_batch(step: int, *, update_to_data: int, base_updates: int, reincarnation_step: int | None,
+                      base_after_reincarnation: bool) -> int:
+    """Optimizer updates on the rollout batch of ``step``: the UTD ratio m while Mix-PPG is on; after the
+    reincarnation step T_r, with ``base_after_reincarnation``, the base algorithm's ``base_updates``.
+
+    The paper's reincarnation returns to "pure on-policy PPO/GRPO"; whether the higher UTD ratio (one of Mix-PPG's
+    ablated parts) stays on after it is unconfirmed in the source. Choice (spec value
+    ``remix.base_updates_after_reincarnation``, default true): m ends with replay, as part of the off-policy phase.
+    """
+    if base_after_reincarnation and not replay_enabled(step, reincarnation_step=reincarnation_step):
+        return base_updates
+    return update_to_data
+
+
 def sample_replay_lags(
     num_minibatches: int, *, p_off: float, window: int, generator: torch.Generator | None = None
 ) -> Tensor:

@@ -42,7 +42,7 @@ from rlplat.algos.losses import (
     logp_from_logits,
     truncated_is_weights,
 )
-from rlplat.algos.remix import kl_convex_lambda, kl_convex_penalty, mix_ppo_clip_loss
+from rlplat.algos.remix import kl_convex_lambda, kl_convex_penalty, mix_ppo_clip_loss, updates_per_batch
 from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.critic import Critic
 from rlplat.learners.fused_head import DEFAULT_CHUNK_TOKENS, fused_linear_logp
@@ -144,7 +144,7 @@ class PolicyLearner:
             make_micro_batches([batch.samples[i] for i in idx],
                                None if batch.advantages is None else [batch.advantages[i] for i in idx],
                                self.cfg.micro_batch_size_in_tokens, idx)
-            for idx in split_minibatches(batch.samples, self.algo.num_updates)
+            for idx in split_minibatches(batch.samples, self.num_updates(step))
         ]
         flat = [mb.to(self.device) for mbs in minibatches for mb in mbs]
         preps, metrics = self.prepare(flat, recompute_old=not self.single_pass)
@@ -164,6 +164,16 @@ class PolicyLearner:
         metrics["train/policy_version"] = float(self.policy_version)
         metrics["train/num_updates"] = float(len(per_update))
         return metrics
+
+    def num_updates(self, step: int) -> int:
+        """Optimizer updates on this step's batch: num_updates_per_batch, or ReMix's m (the base count after its
+        reincarnation step, with remix.base_updates_after_reincarnation)."""
+        a, remix = self.algo, self.algo.remix
+        if not remix.enabled:
+            return a.num_updates_per_batch
+        return updates_per_batch(step, update_to_data=remix.update_to_data, base_updates=a.num_updates_per_batch,
+                                 reincarnation_step=remix.reincarnation_step,
+                                 base_after_reincarnation=remix.base_updates_after_reincarnation)
 
     @property
     def single_pass(self) -> bool:

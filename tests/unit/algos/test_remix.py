@@ -15,6 +15,7 @@ from rlplat.algos.remix import (
     mix_ppo_clip_loss,
     replay_enabled,
     sample_replay_lags,
+    updates_per_batch,
 )
 
 LN2 = math.log(2.0)
@@ -142,3 +143,12 @@ def test_sample_replay_lags() -> None:
         sample_replay_lags(4, p_off=1.5, window=2)
     with pytest.raises(ValueError):
         sample_replay_lags(4, p_off=0.5, window=0)
+
+
+def test_updates_per_batch_returns_to_the_base_count_after_reincarnation() -> None:
+    kw = {"update_to_data": 4, "base_updates": 1}
+    assert [updates_per_batch(t, reincarnation_step=50, base_after_reincarnation=True, **kw)
+            for t in (1, 50, 51, 100)] == [4, 4, 1, 1]
+    assert [updates_per_batch(t, reincarnation_step=50, base_after_reincarnation=False, **kw)
+            for t in (1, 50, 51)] == [4, 4, 4]
+    assert updates_per_batch(10**6, reincarnation_step=None, base_after_reincarnation=True, **kw) == 4  # never

@@ -254,6 +254,14 @@ def test_remix_keeps_the_previous_policy_and_reincarnates(tiny_model_dir: Path) 
     assert not all(torch.equal(learner.ref[n], initial[n]) for n in initial)
 
 
+@pytest.mark.parametrize(("base_after", "expected"), [(True, [2.0, 1.0]), (False, [2.0, 2.0])])
+def test_remix_update_count_after_reincarnation(tiny_model_dir: Path, base_after: bool, expected: list[float]) -> None:
+    learner = _learner(tiny_model_dir, _remix(update_to_data=2, reincarnation_step=1,
+                                              base_updates_after_reincarnation=base_after))
+    counts = [learner.train_step(_batch(_samples(learner, version=v)))["train/num_updates"] for v in (0, 1)]
+    assert counts == expected
+
+
 def test_remix_lora_reincarnation_replaces_the_disabled_adapter_base(tiny_model_dir: Path) -> None:
     learner = _learner(tiny_model_dir, _remix(reincarnation_step=1), lora=LoraConfig(rank=4))
     assert learner.ref == BASE

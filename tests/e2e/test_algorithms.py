@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from rlplat import controller
-from rlplat.config import load_config
+from rlplat.config import RunConfig, load_config
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_algorithm_end_to_end(name: str, ray_session, tiny_model_dir: Path, tmp_
     assert ("reward actor" in run.data.tags["rlplat.placement"]) == (name == "grpo")
 
     _check_weights_changed(name, tiny_model_dir, result.output_dir / "final_model")
-    _check_algorithm_specifics(name, client, result.run_id)
+    _check_algorithm_specifics(name, cfg, client, result.run_id)
 
 
 def _check_weights_changed(name: str, model_dir: Path, final_dir: Path) -> None:
@@ -96,13 +96,14 @@ def _check_weights_changed(name: str, model_dir: Path, final_dir: Path) -> None:
         assert (final_dir / "critic" / "model.safetensors").is_file()
 
 
-def _check_algorithm_specifics(name: str, client: MlflowClient, run_id: str) -> None:
+def _check_algorithm_specifics(name: str, cfg: RunConfig, client: MlflowClient, run_id: str) -> None:
     off_policy = _history(client, run_id, "train/off_policy_token_frac")
     if name.startswith("remix"):
         # Step 1 has no history; step 2 replays groups of version 0, about a share p = 0.4 of the batch.
         assert _history(client, run_id, "replay/num_groups") == {1: 0.0, 2: 3.0}
         assert off_policy[1] == 0.0 and 0.2 < off_policy[2] < 0.6
-        assert _history(client, run_id, "train/num_updates") == {1: 2.0, 2: 2.0}
+        m = float(cfg.algorithm.remix.update_to_data)  # the spec's UTD ratio (4 for ReMix-GRPO, 2 for ReMix-PPO)
+        assert _history(client, run_id, "train/num_updates") == {1: m, 2: m}
         assert _history(client, run_id, "remix/kl_convex_lambda") == {1: 1.0, 2: pytest.approx(0.9)}
     else:
         assert off_policy == {1: 0.0, 2: 0.0}

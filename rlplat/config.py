@@ -164,7 +164,8 @@ class RemixConfig:
     reincarnation_step: int | None = None  # T: after step T the KL base is pi_T and replay is off; null: never
     # After step T, one optimizer update per batch (the base algorithm's: pure on-policy, as the paper's
     # reincarnation says) instead of m; false: keep m. Unconfirmed in the paper (algos/remix.updates_per_batch).
-    base_updates_after_reincarnation: bool = True
+    # On the demo task it helps m 4 (no late fall-back) and not m 2, the paper's value: off by default.
+    base_updates_after_reincarnation: bool = False
 
     def __post_init__(self) -> None:
         _check(self.replay_versions >= 1, "replay_versions must be >= 1")

@@ -167,8 +167,10 @@ def updates_per_batch(step: int, *, update_to_data: int, base_updates: int, rein
     reincarnation step T_r, with ``base_after_reincarnation``, the base algorithm's ``base_updates``.
 
     The paper's reincarnation returns to "pure on-policy PPO/GRPO"; whether the higher UTD ratio (one of Mix-PPG's
-    ablated parts) stays on after it is unconfirmed in the source. Choice (spec value
-    ``remix.base_updates_after_reincarnation``, default true): m ends with replay, as part of the off-policy phase.
+    ablated parts) stays on after it is unconfirmed in the source, so it is the spec value
+    ``remix.base_updates_after_reincarnation``: true ends m with replay, as part of the off-policy phase; false (the
+    default) keeps m. On the demo task (BENCHMARKS.md) true stopped m = 4 runs from falling back late, and made
+    m = 2 runs no better.
     """
     if base_after_reincarnation and not replay_enabled(step, reincarnation_step=reincarnation_step):
         return base_updates

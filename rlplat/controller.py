@@ -259,11 +259,24 @@ def get(refs, phase: str, timeout_s: float):
                            f"(cluster.call_timeout_s); the actor may be hung") from None
 
 
+def loaded_version_after_restart(worker, timeout_s: float) -> int | None:
+    """The weights version a rollout actor holds, waiting while Ray still restarts it (its calls then fail with
+    ActorUnavailableError until the new process is up), at most timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return get(worker.loaded_version.remote(), "rollout restart", timeout_s)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def recover_rollout_workers(workers: Workers, version: int) -> int:
     """Wait for restarted rollout actors and load the current weights into any engine that lost them."""
     payload, resynced = None, 0
     for w in workers.rollout:
-        if get(w.loaded_version.remote(), "rollout restart", workers.call_timeout_s) != version:
+        if loaded_version_after_restart(w, workers.call_timeout_s) != version:
             payload = payload or workers.learner.weights_bytes.remote()
             get(w.load_weights.remote(payload, version), "weight sync after restart", workers.call_timeout_s)
             resynced += 1

@@ -214,12 +214,6 @@ class AlgorithmConfig:
         if self.remix.enabled:
             _check_remix(self)
 
-    @property
-    def num_updates(self) -> int:
-        """Optimizer updates per rollout batch: ReMix's update_to_data when ReMix is on (until its reincarnation
-        step; `PolicyLearner` asks algos.remix.updates_per_batch for each step)."""
-        return self.remix.update_to_data if self.remix.enabled else self.num_updates_per_batch
-
 
 def _check_remix(algo: AlgorithmConfig) -> None:
     _check(algo.policy_loss == "ppo",

@@ -1,7 +1,7 @@
 """The policy learner: a transformers causal LM (optionally LoRA through peft) trained with the losses in rlplat.algos.
 
 Plain object (no Ray): `rlplat.actors.learner.LearnerActor` wraps one. One `train_step(batch)`:
-  1. splits the batch into `algorithm.num_updates` mini-batches of whole groups, each into micro-batches by a token
+  1. splits the batch into `num_updates(step)` mini-batches of whole groups, each into micro-batches by a token
      budget (sorted-length bucketing, see `microbatch.py`);
   2. without gradient: recomputes log pi_k (the pre-update policy) for every token, the reference / previous
      policy log-probs when a KL term needs them, and, with a critic (`advantage: gae`), values and GAE advantages;
@@ -135,7 +135,7 @@ class PolicyLearner:
 
     # ---------------------------------------------------------------------------------------------------- train
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One rollout batch -> `algorithm.num_updates` optimizer steps. Returns mean metrics; bumps the version."""
+        """One rollout batch -> `num_updates(step)` optimizer steps. Returns mean metrics; bumps the version."""
         batch.validate()
         if (batch.advantages is None) != (self.critic is not None):
             raise ValueError("a TrainBatch carries advantages unless the learner computes them (advantage: gae)")
@@ -181,7 +181,7 @@ class PolicyLearner:
         inputs, no dropout), so the separate no-grad recompute is skipped (a quarter of the step's FLOPs)."""
         a = self.algo
         in_reward_kl = a.gae is not None and a.gae.kl_in_reward_coef > 0  # needs log pi_k before the update
-        return a.num_updates == 1 and not a.remix.enabled and not in_reward_kl and not self._dropout
+        return a.num_updates_per_batch == 1 and not a.remix.enabled and not in_reward_kl and not self._dropout
 
     def prepare(
         self, micro: list[MicroBatch], *, recompute_old: bool = True

@@ -81,6 +81,7 @@ _JAGGED_FIELDS: dict[str, torch.dtype] = {
 }
 _SCALAR_FIELDS = ("group_id", "sample_index", "prompt_id")
 _STRING_FIELDS = ("answer", "finish_reason")
+_STATUS_RETRIES = 50  # num_rows_in_transferqueue: tries while a concurrent put grows the controller (see there)
 
 
 class StoreClosedError(RuntimeError):
@@ -492,10 +493,21 @@ class ExperienceStore:
             return out
 
     def num_rows_in_transferqueue(self) -> int:
-        """Sample rows TransferQueue's controller holds for this store (asks the controller; for diagnostics)."""
-        _, status = self._client().get_production_status(data_fields=["response_token_ids"],
-                                                         partition_id=self._partition)
-        return 0 if status is None else int((status == 1).sum())  # [rows, 1] int8, 1 = written
+        """Sample rows TransferQueue's controller holds for this store (asks the controller; for diagnostics).
+
+        TransferQueue 0.1.11 races here: while another thread's put has taken global indexes but not yet grown the
+        controller's status tensor, the controller answers with an IndexError. That state lasts until the put's
+        write lands, so the question is asked again, up to `_STATUS_RETRIES` times."""
+        for attempt in range(_STATUS_RETRIES):
+            try:
+                _, status = self._client().get_production_status(data_fields=["response_token_ids"],
+                                                                 partition_id=self._partition)
+                return 0 if status is None else int((status == 1).sum())  # [rows, 1] int8, 1 = written
+            except RuntimeError as err:
+                if "out of bounds" not in str(err) or attempt == _STATUS_RETRIES - 1:
+                    raise
+                time.sleep(0.01)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Wake blocked callers with StoreClosedError, then stop the owned TransferQueue deployment, or delete

@@ -498,16 +498,19 @@ class ExperienceStore:
         TransferQueue 0.1.11 races here: while another thread's put has taken global indexes but not yet grown the
         controller's status tensor, the controller answers with an IndexError. That state lasts until the put's
         write lands, so the question is asked again, up to `_STATUS_RETRIES` times."""
-        for attempt in range(_STATUS_RETRIES):
+        def ask() -> int:
+            _, status = self._client().get_production_status(data_fields=["response_token_ids"],
+                                                             partition_id=self._partition)
+            return 0 if status is None else int((status == 1).sum())  # [rows, 1] int8, 1 = written
+
+        for _ in range(_STATUS_RETRIES - 1):
             try:
-                _, status = self._client().get_production_status(data_fields=["response_token_ids"],
-                                                                 partition_id=self._partition)
-                return 0 if status is None else int((status == 1).sum())  # [rows, 1] int8, 1 = written
+                return ask()
             except RuntimeError as err:
-                if "out of bounds" not in str(err) or attempt == _STATUS_RETRIES - 1:
+                if "out of bounds" not in str(err):
                     raise
                 time.sleep(0.01)
-        raise AssertionError("unreachable")
+        return ask()  # the last try: its error, whatever it is, reaches the caller
 
     def close(self) -> None:
         """Wake blocked callers with StoreClosedError, then stop the owned TransferQueue deployment, or delete

@@ -37,10 +37,8 @@ def test_async_k0_trains_exactly_as_synchronous_training(ray_session, tiny_model
                         "k0": {"data.store.enabled": "true", "data.store.max_staleness": 0}}.items():
         overrides = smoke_overrides(tiny_model_dir, tmp_path / mode, **{
             "experiment.num_steps": 3, "rollout.reproducible_sampling": "true", **extra})
-        result = controller.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False)
-        client = MlflowClient(result.tracking_uri)
-        histories[mode] = {key: [m.value for m in sorted(client.get_metric_history(result.run_id, key),
-                                                         key=lambda m: m.step)]
+        history = controller.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False).history
+        histories[mode] = {key: [v for _, v in sorted(history[key])]
                            for key in ("rollout/reward_mean", "rollout/response_length_mean", "loss/policy")}
     assert len(histories["sync"]["rollout/reward_mean"]) == 3
     assert histories["k0"]["rollout/reward_mean"] == histories["sync"]["rollout/reward_mean"]

@@ -1,7 +1,10 @@
-"""Typed records that cross process boundaries (rollout -> store -> learner).
+"""Typed records that cross process boundaries (rollout -> store -> learner) or are shared by sibling layers.
 
 Everything here is plain Python data (lists of ints/floats, no tensors) so it pickles cheaply through Ray and
 TransferQueue. Per-token fields of a response are lists of the same length as `response_token_ids`.
+`SamplingOptions`, `TokenLedger` and the APRIL statistics over groups live here because both rollout/ (the
+engine and the APRIL manager) and envs/ (the episode loop and its APRIL manager) use them, and siblings do not
+import each other.
 """
 
 from __future__ import annotations
@@ -125,3 +128,66 @@ class TrainBatch:
     @property
     def num_tokens(self) -> int:
         return sum(len(s.prompt_token_ids) + s.num_response_tokens for s in self.samples)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingOptions:
+    """How an engine samples one request (vLLM's SamplingParams, the part rlplat sets)."""
+
+    max_new_tokens: int  # the whole response budget; a continued sample gets what is left of it
+    temperature: float = 1.0
+    top_p: float = 1.0
+    ignore_eos: bool = False  # sample past EOS up to the budget (fixed-length benchmark workloads)
+    seed: int | None = None  # None: the engine's generator; else each request its own (rollout.engine.request_seed)
+
+
+@dataclass(slots=True, kw_only=True)
+class TokenLedger:
+    """APRIL's response-token accounting (ALGORITHMS.md section 1): every generated response token is, at each step
+    boundary, trained on (handed to the learner), still buffered, or dropped by the max-age rule, so
+    `generated == trained + buffered + dropped`. `generated`, `trained`, `dropped` are cumulative; `buffered` is
+    current."""
+
+    generated: int = 0
+    trained: int = 0
+    buffered: int = 0
+    dropped: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.generated == self.trained + self.buffered + self.dropped
+
+    def check(self) -> None:
+        """Internal invariant: nothing generated is lost between step boundaries."""
+        assert self.balanced, (
+            f"token ledger out of balance: generated {self.generated} != trained {self.trained} + "
+            f"buffered {self.buffered} + dropped {self.dropped}"
+        )
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "april/tokens_generated": float(self.generated),
+            "april/tokens_trained": float(self.trained),
+            "april/tokens_buffered": float(self.buffered),
+            "april/tokens_dropped": float(self.dropped),
+        }
+
+
+def off_policy_token_fraction(groups: list[Group], current_version: int) -> float:
+    """Share of model tokens (loss mask 1) in `groups` sampled by a policy version older than `current_version`.
+
+    0.0 when there are no model tokens. With APRIL a continued sample mixes versions (prefix old, suffix new).
+    """
+    total = stale = 0
+    for g in groups:
+        for s in g.samples:
+            for version, mask in zip(s.policy_versions, s.loss_mask, strict=True):
+                if mask:
+                    total += 1
+                    stale += version < current_version
+    return stale / total if total else 0.0
+
+
+def count_policy_versions(groups: list[Group]) -> int:
+    """How many samples in `groups` carry tokens of more than one policy version (continued across a sync)."""
+    return sum(len(set(s.policy_versions)) > 1 for g in groups for s in g.samples)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import ray
 
 from rlplat.config import EnvConfig
-from rlplat.envs.agent_loop import make_episode_env
+from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import StepResult, TextEnv, TextEnvSpec
 
 

@@ -10,8 +10,8 @@ import asyncio
 
 import ray
 
-from rlplat.rollout.engine import EngineOptions, RolloutEngine, SamplingOptions
-from rlplat.types import Sample
+from rlplat.rollout.engine import EngineOptions, RolloutEngine
+from rlplat.types import Sample, SamplingOptions
 
 
 @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)

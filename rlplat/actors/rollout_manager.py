@@ -13,10 +13,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from rlplat.config import PartialRolloutConfig
-from rlplat.rollout.april import TokenLedger
 from rlplat.rollout.april_manager import AprilManager, AprilStep
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import Group, Sample
+from rlplat.types import Group, Sample, SamplingOptions, TokenLedger
 
 
 class RemoteRolloutWorker:

@@ -31,7 +31,8 @@ a Ray round trip per turn. A pool too heavy for the driver's node (many Atari en
 
 Tokenizers without whitespace (the tiny char model drops it when encoding): set `replace_whitespace` so that
 rendered observations and templates keep their structure (e.g. grid rows separated by "|"), and use a compact
-renderer (`COMPACT_RENDERERS`) when observations must fit a small context.
+renderer (`rlplat.envs.renderers.COMPACT_RENDERERS`, `env.renderer: compact`) when observations must fit a small
+context.
 
 No Ray here: workers are anything with `async generate(samples, sampling, policy_version)` (a `RolloutEngine`,
 a `RemoteRolloutWorker`, or a test fake).
@@ -40,22 +41,15 @@ a `RemoteRolloutWorker`, or a test fake).
 from __future__ import annotations
 
 import asyncio
-import difflib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
-
-import envpool
-import numpy as np
+from typing import Protocol
 
 from rlplat.config import EnvConfig
-from rlplat.envs.registry import make_text_env
-from rlplat.envs.renderers import KeywordParser, Renderer
-from rlplat.envs.text_env import EnvPoolTextEnv, StepResult, TextEnv
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import FinishReason, Group, Sample
+from rlplat.envs.text_env import StepResult, TextEnv
+from rlplat.types import FinishReason, Group, Sample, SamplingOptions
 
 
 class TurnWorker(Protocol):
@@ -345,23 +339,6 @@ class Clock:
 
 
 # ------------------------------------------------------------------------------------------------ from the spec
-def make_episode_env(cfg: EnvConfig, num_envs: int, *, batch_size: int | None = None) -> EnvPoolTextEnv:
-    """The text env of `cfg.task_id` with `cfg.renderer`, by default in EnvPool's sync mode (every live episode
-    steps at once; batch_size=1 lets any subset step, as APRIL's replay needs). Raises ValueError, naming close
-    matches, for a task id EnvPool does not know or without a renderer."""
-    kwargs: dict[str, Any] = {"seed": cfg.seed, "max_episode_steps": cfg.max_episode_steps, "batch_size": batch_size,
-                              "invalid_action_penalty": cfg.invalid_action_penalty, "num_threads": cfg.num_threads}
-    if cfg.renderer == "default":
-        return make_text_env(cfg.task_id, num_envs, **kwargs)
-    known = envpool.list_all_envs()
-    if cfg.task_id not in known:
-        raise ValueError(f"unknown EnvPool task id {cfg.task_id!r}{_suggest(cfg.task_id, known)}")
-    if cfg.task_id not in COMPACT_RENDERERS:
-        raise ValueError(f"no compact renderer for {cfg.task_id!r}{_suggest(cfg.task_id, list(COMPACT_RENDERERS))}; "
-                         f"tasks with one: {', '.join(sorted(COMPACT_RENDERERS))} (or use renderer: default)")
-    return EnvPoolTextEnv(cfg.task_id, num_envs, renderer=COMPACT_RENDERERS[cfg.task_id](), **kwargs)
-
-
 def episode_format(cfg: EnvConfig) -> EpisodeFormat:
     return EpisodeFormat(prompt_template=cfg.prompt_template, observation_template=cfg.observation_template,
                          replace_whitespace=cfg.replace_whitespace, return_scale=cfg.return_scale)
@@ -370,47 +347,3 @@ def episode_format(cfg: EnvConfig) -> EpisodeFormat:
 def episode_budget(cfg: EnvConfig, max_response_tokens: int, max_context_tokens: int | None) -> EpisodeBudget:
     return EpisodeBudget(max_turns=cfg.max_turns, max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
                          max_response_tokens=max_response_tokens, max_context_tokens=max_context_tokens)
-
-
-def _suggest(task_id: str, candidates: list[str]) -> str:
-    matches = difflib.get_close_matches(task_id, candidates, n=5, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-
-
-# ------------------------------------------------------------------------------------------------ compact renderers
-class CompactCartPoleRenderer:
-    """CartPole in 4 characters, for models with a tiny context: the pole angle in units of 0.02 rad and the pole
-    angular velocity in units of 0.2 rad/s, each rounded and clipped to a signed digit: "+3-1" is
-    angle ~ +0.06 rad, angular velocity ~ -0.2 rad/s. The cart's position and velocity are left out: they matter
-    only after ~100 balanced steps, beyond what a 128-token context holds. Actions: l / left = 0, r / right = 1
-    (whole words, case-insensitive, as `KeywordParser`).
-
-    >>> r = CompactCartPoleRenderer()
-    >>> r.render(np.array([0.5, 0.1, 0.061, -0.23]), {})
-    '+3-1'
-    >>> r.parse_action("R"), r.parse_action("left"), r.parse_action("x")
-    (1, 0, None)
-    """
-
-    default_action: int = 0
-    action_help: str = "l or r"
-
-    def __init__(self) -> None:
-        self._parse = KeywordParser({"left": 0, "right": 1, "l": 0, "r": 1})
-
-    def render(self, obs: Any, info: Any) -> str:
-        _, _, theta, theta_dot = np.asarray(obs).tolist()
-        return f"{_signed_digit(theta / 0.02)}{_signed_digit(theta_dot / 0.2)}"
-
-    def parse_action(self, text: str) -> int | None:
-        return self._parse(text)
-
-
-def _signed_digit(x: float) -> str:
-    return f"{max(-9, min(9, round(x))):+d}"
-
-
-COMPACT_RENDERERS: dict[str, Callable[[], Renderer]] = {
-    "CartPole-v0": CompactCartPoleRenderer,
-    "CartPole-v1": CompactCartPoleRenderer,
-}

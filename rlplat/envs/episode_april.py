@@ -54,14 +54,12 @@ from rlplat.envs.agent_loop import (
     MemoCodec,
     TurnWorker,
     episode_metrics,
-    make_episode_env,
     play_turn,
     start_groups,
 )
+from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import TextEnv
-from rlplat.rollout.april import TokenLedger, count_policy_versions, off_policy_token_fraction
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import Group
+from rlplat.types import Group, SamplingOptions, TokenLedger, count_policy_versions, off_policy_token_fraction
 
 
 @dataclass(slots=True, kw_only=True)

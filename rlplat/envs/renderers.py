@@ -227,6 +227,39 @@ class SokobanRenderer:
         return self._parse(text)
 
 
+# ------------------------------------------------------------------------------------------------ compact renderers
+class CompactCartPoleRenderer:
+    """CartPole in 4 characters, for models with a tiny context: the pole angle in units of 0.02 rad and the pole
+    angular velocity in units of 0.2 rad/s, each rounded and clipped to a signed digit: "+3-1" is
+    angle ~ +0.06 rad, angular velocity ~ -0.2 rad/s. The cart's position and velocity are left out: they matter
+    only after ~100 balanced steps, beyond what a 128-token context holds. Actions: l / left = 0, r / right = 1
+    (whole words, case-insensitive, as `KeywordParser`).
+
+    >>> r = CompactCartPoleRenderer()
+    >>> r.render(np.array([0.5, 0.1, 0.061, -0.23]), {})
+    '+3-1'
+    >>> r.parse_action("R"), r.parse_action("left"), r.parse_action("x")
+    (1, 0, None)
+    """
+
+    default_action: int = 0
+    action_help: str = "l or r"
+
+    def __init__(self) -> None:
+        self._parse = KeywordParser({"left": 0, "right": 1, "l": 0, "r": 1})
+
+    def render(self, obs: Any, info: Any) -> str:
+        _, _, theta, theta_dot = np.asarray(obs).tolist()
+        return f"{_signed_digit(theta / 0.02)}{_signed_digit(theta_dot / 0.2)}"
+
+    def parse_action(self, text: str) -> int | None:
+        return self._parse(text)
+
+
+def _signed_digit(x: float) -> str:
+    return f"{max(-9, min(9, round(x))):+d}"
+
+
 # MiniGrid tasks checked to use the standard 7x7 view and 7 actions (tests render every one).
 _MINIGRID_TASKS = (
     "MiniGrid-Empty-5x5-v0",
@@ -256,4 +289,10 @@ RENDERERS: dict[str, Callable[[], Renderer]] = {
     "Jumanji/Game2048-v1": Game2048Renderer,
     "Sokoban-v0": SokobanRenderer,
     "Jumanji/Sokoban-v0": SokobanRenderer,
+}
+
+# `env.renderer: compact`: few-token observations for models with a tiny context.
+COMPACT_RENDERERS: dict[str, Callable[[], Renderer]] = {
+    "CartPole-v0": CompactCartPoleRenderer,
+    "CartPole-v1": CompactCartPoleRenderer,
 }

@@ -32,9 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rlplat.rollout.april import PartialBuffer, TokenLedger, count_policy_versions, off_policy_token_fraction
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import Group, Sample
+from rlplat.rollout.april import PartialBuffer
+from rlplat.types import Group, Sample, SamplingOptions, TokenLedger, count_policy_versions, off_policy_token_fraction
 
 _DRAIN_REABORT_S = 0.5  # while draining, abort again this often (a request may reach its engine after an abort)
 

@@ -13,7 +13,7 @@ import math
 import zlib
 from dataclasses import dataclass
 
-from rlplat.types import FinishReason, Sample
+from rlplat.types import FinishReason, Sample, SamplingOptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,15 +27,6 @@ class EngineOptions:
     max_num_seqs: int = 256
     cpu_kv_cache_gib: float = 1.0  # on CPU only: KV-cache size (vLLM's CPU default is far larger)
     stream_interval: int = 1  # tokens per streamed update of a request (vLLM's stream_interval)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SamplingOptions:
-    max_new_tokens: int  # the whole response budget; a continued sample gets what is left of it
-    temperature: float = 1.0
-    top_p: float = 1.0
-    ignore_eos: bool = False  # sample past EOS up to the budget (fixed-length benchmark workloads)
-    seed: int | None = None  # None: the engine's generator; else each request its own (see request_seed)
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}

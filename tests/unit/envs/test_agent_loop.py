@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import rlplat.envs.agent_loop as agent_loop
 from rlplat.config import ConfigError, EnvConfig, load_config
 from rlplat.envs.agent_loop import (
     EpisodeBatch,
     EpisodeBudget,
     EpisodeFormat,
-    make_episode_env,
     play_episodes,
 )
+from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import EnvPoolTextEnv
 from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.registry import load_reward
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import FinishReason, Sample
+from rlplat.types import FinishReason, Sample, SamplingOptions
 
 EOS = 1
 LOGP = -0.5
@@ -267,10 +264,6 @@ def test_whitespace_replacement() -> None:
     assert EpisodeFormat(observation_template="\n{observation}\n", replace_whitespace="").env_turn("1 2", "") == "12"
     with pytest.raises(ValueError, match="observation"):
         EpisodeFormat(prompt_template="no placeholder")
-
-
-def test_compact_renderer_doctest() -> None:
-    assert doctest.testmod(agent_loop).failed == 0
 
 
 def test_env_return_reward() -> None:

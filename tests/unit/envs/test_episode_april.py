@@ -13,11 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from rlplat.config import EnvConfig, PartialRolloutConfig
-from rlplat.envs.agent_loop import EpisodeBatch, EpisodeBudget, EpisodeFormat, make_episode_env, play_episodes
+from rlplat.envs.agent_loop import EpisodeBatch, EpisodeBudget, EpisodeFormat, play_episodes
 from rlplat.envs.episode_april import EpisodeAprilManager, make_episode_april, replay
+from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import EnvPoolTextEnv
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import FinishReason, Sample
+from rlplat.types import FinishReason, Sample, SamplingOptions
 
 EOS = 1
 G = 2  # episodes per seed

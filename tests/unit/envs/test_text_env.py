@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import doctest
 import re
 
 import pytest
 
+from rlplat.envs import renderers
 from rlplat.envs.registry import make_text_env, supported_task_ids
 from rlplat.envs.renderers import (
     RENDERERS,
@@ -256,3 +258,8 @@ def test_unknown_task_id_suggests_close_matches() -> None:
         make_text_env("Minigrid-Doorkey-5x5", 2)
     with pytest.raises(ValueError, match="no text renderer for 'Pong-v5'"):
         make_text_env("Pong-v5", 2)
+
+
+def test_renderer_doctests() -> None:  # KeywordParser and the compact CartPole renderer
+    results = doctest.testmod(renderers)
+    assert results.failed == 0 and results.attempted >= 2

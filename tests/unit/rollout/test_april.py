@@ -14,10 +14,9 @@ import math
 import pytest
 
 from rlplat.config import ConfigError, load_config
-from rlplat.rollout.april import PartialBuffer, TokenLedger, off_policy_token_fraction
+from rlplat.rollout.april import PartialBuffer
 from rlplat.rollout.april_manager import AprilManager
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import FinishReason, Group, Sample
+from rlplat.types import FinishReason, Group, Sample, SamplingOptions, TokenLedger, off_policy_token_fraction
 
 G = 3  # samples per group
 

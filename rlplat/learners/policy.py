@@ -48,8 +48,8 @@ from rlplat.learners.critic import Critic
 from rlplat.learners.fused_head import DEFAULT_CHUNK_TOKENS, fused_linear_logp
 from rlplat.learners.lora import apply_lora, is_peft_model, merged_state_dict
 from rlplat.learners.microbatch import MicroBatch, make_micro_batches, split_minibatches
-from rlplat.rollout.weight_sync import state_dict_to_bytes, to_engine_layout, weights_checksum
 from rlplat.types import TrainBatch
+from rlplat.weights import state_dict_to_bytes, to_engine_layout, weights_checksum
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -10,34 +10,20 @@ arguments. Three ways in (`placement.weight_sync`):
     ipc        CUDA IPC handles of the learner's tensors (pickled), for an engine on the learner's GPU
 
 All three end in vLLM's `reload_weights` with checkpoint-format names, which also fuses q/k/v and gate/up.
-The learner-side halves of broadcast and ipc are the functions below the extension class.
+The learner-side halves of broadcast and ipc are the functions below the extension class; serialising, checksums and
+vLLM's fused layout (used by the learner too) are in `rlplat.weights`.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import pickle
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-
-def state_dict_to_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
-    """Serialise a state dict for `load_weights_from_bytes`. Tied `lm_head.weight` must already be dropped."""
-    return save_safetensors({k: v.detach().contiguous().cpu() for k, v in state_dict.items()})
-
-
-def weights_checksum(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]]) -> str:
-    """sha256 over (name, float32 bytes) of tensors sorted by name: equal iff every weight is bit-equal in fp32."""
-    items = sorted(named.items() if isinstance(named, dict) else named)
-    h = hashlib.sha256()
-    for name, tensor in items:
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+from rlplat.weights import weights_checksum
 
 
 class WeightSyncExtension:
@@ -85,7 +71,7 @@ class WeightSyncExtension:
         return len(weights)
 
     def checksum_weights(self, names: list[str]) -> str:
-        """Checksum of the engine's parameters named in `names`, in vLLM's own layout (see `to_engine_layout`).
+        """Checksum of the engine's parameters named in `names`, in vLLM's own layout (`weights.to_engine_layout`).
 
         On CPU, vLLM repacks linear weights into oneDNN handles and leaves an empty `weight`: compare only
         names whose tensors are readable (`readable_parameter_names`), and check the rest by log-probs.
@@ -97,31 +83,6 @@ class WeightSyncExtension:
     def readable_parameter_names(self) -> list[str]:
         model = self.model_runner.model  # type: ignore[attr-defined]
         return [n for n, p in model.named_parameters() if p.numel() > 0]
-
-
-# HF checkpoint names -> the fused parameter vLLM builds for Llama-family models (Qwen2, Llama, Mistral).
-_FUSED = {
-    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
-    "gate_up_proj": ("gate_proj", "up_proj"),
-}
-
-
-def to_engine_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename/concatenate HF weights the way vLLM's Llama-family models store them (for checksums only).
-
-    `layers.0.self_attn.q_proj.weight`, `k_proj`, `v_proj` become one `qkv_proj.weight` (concatenated on dim 0);
-    `gate_proj`/`up_proj` become `gate_up_proj`. Other names are unchanged.
-    """
-    out = dict(state_dict)
-    for fused, parts in _FUSED.items():
-        for name in list(out):
-            head, sep, tail = name.rpartition(f".{parts[0]}.")
-            if not sep:
-                continue
-            names = [f"{head}.{p}.{tail}" for p in parts]
-            if all(n in out for n in names):
-                out[f"{head}.{fused}.{tail}"] = torch.cat([out.pop(n) for n in names], dim=0)
-    return out
 
 
 def refresh_cpu_kernels(model: torch.nn.Module) -> None:

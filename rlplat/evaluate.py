@@ -2,12 +2,15 @@
 
 DIR may be
     a checkpoint            outputs/NAME/checkpoints/step_000010 (learner/learner_state.pt inside), or the
-                            checkpoints/ folder itself (its `latest` is taken)
+                            checkpoints/ folder itself (its newest intact checkpoint is taken)
     a saved policy          outputs/NAME/final_model with full weights (config.json + *.safetensors)
     a LoRA adapter          outputs/NAME/final_model of a LoRA run (adapter_config.json)
 The result is a Hugging Face directory under the eval output folder: full weights (LoRA merged into the spec's base
 model), the base model's config and tokenizer files. The controller's `evaluate_checkpoint` serves it and logs the
 MLflow evaluation run.
+
+A checkpoint is checked against its manifest and read without pickle (`rlplat.checkpoint`,
+`rlplat.learners.state`), so a checkpoint from elsewhere cannot run code; a damaged one is a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 
 from rlplat import checkpoint as ck
 from rlplat.config import ConfigError, RunConfig
+from rlplat.learners.state import read_learner_state
 
-STATE_FILE = Path("learner") / "learner_state.pt"
+STATE_FILE = Path(ck.LEARNER_STATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +41,18 @@ def find_source(checkpoint: str | Path) -> EvalSource:
     path = Path(checkpoint)
     if not path.is_dir():
         raise ConfigError(f"--checkpoint: {path} is not a directory")
-    if (path / ck.LATEST).is_file():  # the checkpoints/ root
-        newest = ck.latest(path)
-        if newest is None:
-            raise ConfigError(f"--checkpoint: {path} names no complete checkpoint")
-        path = newest
-    if (path / STATE_FILE).is_file():
-        state = ck.load_driver_state(path)
+    state = None
+    try:
+        if ck.checkpoints(path):  # the checkpoints/ root: its newest intact one (a warning names any skipped)
+            found = ck.find_resumable(path)
+            assert found is not None  # None only for a root without checkpoint folders
+            path, state = found[0], found[1]
+        elif any((path / f).exists() for f in (ck.MANIFEST, ck.LEGACY_STATE, STATE_FILE)):
+            ck.verify(path)
+            state = ck.load_driver_state(path)
+    except ValueError as e:
+        raise ConfigError(f"--checkpoint: {e}") from None
+    if state is not None:
         return EvalSource("checkpoint", path, state.step, state.run_id)
     if (path / "adapter_config.json").is_file():
         return EvalSource("adapter", path, 0, "")
@@ -71,7 +80,10 @@ def materialise(source: EvalSource, cfg: RunConfig, out_dir: Path) -> Path:
             from rlplat.learners.lora import apply_lora
 
             model = apply_lora(model, cfg.model.lora)
-        state = torch.load(source.path / STATE_FILE, map_location="cpu", weights_only=False)
+        try:
+            state = read_learner_state(source.path / STATE_FILE.parent)
+        except ValueError as e:
+            raise ConfigError(f"--checkpoint: {e}") from None
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:

@@ -1,50 +1,113 @@
-"""Atomic checkpoints: `latest` only ever names a complete one; the last K are kept; spec differences named."""
+"""Atomic checkpoints: only complete ones count; pruning by step number, this run only, never the new one."""
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlplat import checkpoint as ck
-from rlplat.types import FinishReason, Group, Sample
-
-
-def _state(step: int) -> ck.DriverState:
-    s = Sample(group_id=7, sample_index=0, prompt_id=3, prompt_token_ids=[1, 2])
-    s.extend([5, 6], [-0.5, -0.25], [step, step + 1], FinishReason.PENDING)
-    return ck.DriverState(step=step, policy_version=step, run_id="abc", cursor={"epoch": 0, "position": step},
-                          partial_buffer=[Group(group_id=7, prompt_id=3, samples=[s])], rng=ck.rng_state())
+from tests.unit.checkpoint.helpers import save, steps
 
 
 def test_commit_then_latest_round_trips(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
-    tmp = ck.begin(root, 4)
-    (tmp / "learner").mkdir()
-    final = ck.commit(root, tmp, _state(4), "a: 1\n", keep_last=2)
+    final = save(root, 4, keep_last=2)
     assert ck.latest(root) == final and final.name == "step_000004"
+    assert (root / ck.LATEST).read_text() == "step_000004"
     loaded = ck.load_driver_state(final)
     assert loaded.cursor == {"epoch": 0, "position": 4}
     assert loaded.partial_buffer[0].samples[0].policy_versions == [4, 5]
     assert (final / "spec.yaml").read_text() == "a: 1\n"
+    assert sorted(p.name for p in final.iterdir()) == ["driver.json", "learner", "manifest.json", "spec.yaml"]
 
 
 def test_interrupted_write_is_ignored_and_cleaned(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
-    first = ck.commit(root, ck.begin(root, 2), _state(2), "", keep_last=3)
-    half = ck.begin(root, 4)  # a crash here: no driver.pkl, no rename, no marker
-    assert ck.latest(root) == first
-    ck.commit(root, ck.begin(root, 6), _state(6), "", keep_last=3)
+    first = save(root, 2)
+    half = ck.begin(root, 4)  # a crash here: no driver state, no manifest, no rename
+    assert ck.latest(root) == first and steps(root) == [2]
+    save(root, 6)
     assert not half.exists()
     assert ck.latest(root).name == "step_000006"
+
+
+def test_commit_refuses_a_checkpoint_without_learner_state(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError, match="lacks learner/learner_state.pt"):
+        ck.commit(root, ck.begin(root, 1), ck.DriverState(step=1, policy_version=1, run_id="r", cursor={}), "",
+                  keep_last=2)
+    assert steps(root) == []
 
 
 def test_keeps_last_k(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3, 4):
-        ck.commit(root, ck.begin(root, step), _state(step), "", keep_last=2)
-    assert sorted(p.name for p in root.glob("step_*")) == ["step_000003", "step_000004"]
+        save(root, step, keep_last=2)
+    assert steps(root) == [3, 4]
+
+
+def test_prunes_by_step_number_not_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    for step in (999_998, 999_999, 1_000_000):  # by name "step_1000000" sorts before "step_999998"
+        save(root, step, keep_last=2)
+    assert steps(root) == [999_999, 1_000_000]
+    assert ck.latest(root).name == "step_1000000"
+
+
+def test_another_runs_higher_checkpoints_are_kept_and_never_cost_the_new_one(tmp_path: Path) -> None:
+    """The issue's case: a fresh run over a longer run's checkpoints deleted each new one right after writing it."""
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        save(root, step, run_id="old", keep_last=3)
+    for step in (1, 2, 3):
+        new = save(root, step, run_id="new", keep_last=2)
+        assert new.is_dir() and (root / ck.LATEST).read_text() == new.name
+    assert steps(root) == [2, 3, 10, 20, 30]  # the old run's are not ours to prune
+
+
+def test_resumed_run_drops_its_own_later_checkpoints(tmp_path: Path) -> None:
+    """Resumed from step 2 (step 4 was damaged), the run writes step 3: its stale step 4 goes."""
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        save(root, step, keep_last=3)
+    save(root, 3, keep_last=3)
+    assert steps(root) == [2, 3]
+    assert ck.latest(root).name == "step_000003"
+
+
+def test_rewriting_the_same_step_replaces_it(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    save(root, 2, spec="a: 1\n")
+    save(root, 2, spec="a: 2\n")
+    assert steps(root) == [2] and (root / "step_000002/spec.yaml").read_text() == "a: 2\n"
+
+
+def test_latest_never_names_a_deleted_folder(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    save(root, 1)
+    newest = save(root, 2)
+    shutil.rmtree(newest)  # whoever deleted it, the marker file is stale now
+    assert ck.latest(root).name == "step_000001"
+    assert ck.latest(tmp_path / "nothing") is None
+
+
+def test_fresh_start_refuses_an_earlier_runs_checkpoints(tmp_path: Path) -> None:
+    root = tmp_path / "out" / "checkpoints"
+    ck.check_fresh_start(root)  # nothing there: fine
+    for step in (5, 12):
+        save(root, step)
+    with pytest.raises(ValueError) as e:
+        ck.check_fresh_start(root)
+    assert str(e.value) == (f"output dir {tmp_path / 'out'} holds checkpoints up to step 12 of an earlier run; "
+                            "pass --resume to continue it or choose another experiment.name / output dir")
+    moved = ck.move_aside(root)
+    assert moved is not None and moved.name.startswith("checkpoints.earlier-") and steps(moved) == [5, 12]
+    ck.check_fresh_start(root)
+    assert ck.move_aside(root) is None
 
 
 def test_rng_state_restores_streams() -> None:

@@ -9,7 +9,7 @@ Entries where ``mask == 0`` never influence the loss or its gradient, even if th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -124,13 +124,41 @@ def aggregate(
     return _AGG_IMPLS[mode](v, m, norm_len if norm_len is not None else values.shape[1], group_ids, global_count)
 
 
+def aggregate_count(mode: str, masks: Sequence[Tensor]) -> float:
+    """The ``global_count`` to pass to ``aggregate`` for each micro-batch of a batch split into ``masks``, so that the
+    micro-batch losses add up to the loss of the whole batch (the outer denominator of ``mode``, over every part):
+
+      "token-mean":              max(1, sum_bt mask_bt)                 (tokens)
+      "seq-mean-token-mean",
+      "seq-mean-token-sum":      max(1, S), S = sequences with at least one unmasked token
+      "seq-mean-token-sum-norm": sum of the parts' B                    (every sequence, empty or not)
+
+    masks: one [B_i, T_i] float32 0/1 tensor per micro-batch. Returns a float (a host sync per part).
+    Raises ValueError for "prompt-level", whose count needs the prompts of every part, or an unknown mode.
+    """
+    if mode == "token-mean":
+        return max(1.0, float(sum(m.sum() for m in masks)))
+    if mode == "seq-mean-token-sum-norm":
+        return float(sum(m.shape[0] for m in masks))
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+        return max(1.0, float(sum((m.sum(1) > 0).sum() for m in masks)))
+    raise ValueError(f"no micro-batch count for aggregation mode {mode!r} (prompt-level would need every part's "
+                     "prompts); expected token-mean or a seq-mean-* mode")
+
+
 # ---------------------------------------------------------------------------------------------- policy losses
 
 
-def _clean_policy_inputs(
+def clean_policy_inputs(
     logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, is_weights: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Check shapes; zero masked entries (so inf/nan padding cannot leak into gradients); detach logp_old/adv."""
+    """The input checks and cleaning every policy loss starts with: shapes checked, masked entries zeroed (so
+    inf/nan padding cannot leak into gradients), logp_old and adv detached.
+
+    logp, logp_old, adv, mask: [B, T] float32; is_weights: [B, T] float32 or None (shape-checked only).
+    Returns (logp, logp_old, adv), each [B, T] float32 with 0.0 where mask == 0; only logp keeps its gradient.
+    Raises ValueError when logp is not 2-D or the shapes differ.
+    """
     check_ndim("logp", logp, 2)
     check_same_shape(logp=logp, logp_old=logp_old, adv=adv, mask=mask)
     if is_weights is not None:
@@ -144,15 +172,23 @@ def _clean_policy_inputs(
     )
 
 
-def _check_clip(clip_low: float | None, clip_high: float) -> None:
+def check_clip_range(clip_low: float | None, clip_high: float) -> None:
+    """Raise ValueError for a negative clip range (clip_low None = no lower bound, as CISPO allows)."""
     if clip_low is not None and clip_low < 0:
         raise ValueError(f"clip_low must be >= 0, got {clip_low}")
     if clip_high < 0:
         raise ValueError(f"clip_high must be >= 0, got {clip_high}")
 
 
-def _ratio_metrics(logp: Tensor, logp_old: Tensor, ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """approx_kl = mean of k3 for KL(old || new) = ratio - 1 - log(ratio); ratio_mean. Detached, masked means."""
+def ratio_metrics(logp: Tensor, logp_old: Tensor, ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """The metrics every policy loss reports about its importance ratio, as detached masked means:
+
+      approx_kl  = mean_t k3(old || new) = mean_t (exp(logp_old_t - logp_t) - 1 - (logp_old_t - logp_t))
+      ratio_mean = mean_t ratio_t
+
+    logp: [B, T] float32 current policy. logp_old: [B, T] float32 the policy the KL is measured from (the ratio's
+    denominator, or pi_k for Mix-PPG). ratio: [B, T] float32. mask: [B, T] float32 0/1. Returns 0-dim tensors.
+    """
     with torch.no_grad():
         return {
             "approx_kl": masked_mean(kl_estimate(logp_old, logp, "k3"), mask),
@@ -160,7 +196,11 @@ def _ratio_metrics(logp: Tensor, logp_old: Tensor, ratio: Tensor, mask: Tensor) 
         }
 
 
-def _weighted(tok_loss: Tensor, is_weights: Tensor | None) -> Tensor:
+def apply_is_weights(tok_loss: Tensor, is_weights: Tensor | None) -> Tensor:
+    """w_t * l_t with detached importance weights (e.g. `truncated_is_weights`); tok_loss unchanged for None.
+
+    tok_loss: [B, T] float32. is_weights: [B, T] float32 or None. Returns [B, T] float32.
+    """
     return tok_loss if is_weights is None else tok_loss * is_weights.detach()
 
 
@@ -196,10 +236,10 @@ def ppo_clip_loss(
     zero gradient), "clip_frac_lower" (share where the dual clip is active), "approx_kl" (mean k3 estimate of
     KL(old || new)), "ratio_mean". Raises ValueError for bad shapes, negative clip ranges, dual_clip <= 1.
     """
-    _check_clip(clip_low, clip_high)
+    check_clip_range(clip_low, clip_high)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
-    logp, logp_old, adv = _clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
+    logp, logp_old, adv = clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
     ratio = torch.exp(torch.clamp(logp - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     tok_loss, clipped = clipped_surrogate(ratio, adv, 1.0 - clip_low, 1.0 + clip_high)
     dual_active = torch.zeros_like(clipped)
@@ -208,10 +248,9 @@ def ppo_clip_loss(
         dual_bound = -adv * dual_clip
         dual_active = negative & (tok_loss > dual_bound)
         tok_loss = torch.where(negative, torch.minimum(tok_loss, dual_bound), tok_loss)
-    loss = aggregate(
-        _weighted(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids, global_count=global_count
-    )
-    metrics = _ratio_metrics(logp, logp_old, ratio, mask)
+    loss = aggregate(apply_is_weights(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids,
+                     global_count=global_count)
+    metrics = ratio_metrics(logp, logp_old, ratio, mask)
     metrics["clip_frac"] = masked_mean(clipped.to(logp.dtype), mask)
     metrics["clip_frac_lower"] = masked_mean(dual_active.to(logp.dtype), mask)
     return loss, metrics
@@ -248,18 +287,17 @@ def cispo_loss(
     Returns (loss 0-dim, metrics): "clip_frac" (share of unmasked tokens whose weight was truncated),
     "approx_kl", "ratio_mean". Raises ValueError for bad shapes, negative clip ranges or a dual_clip value.
     """
-    _check_clip(clip_low, clip_high)
+    check_clip_range(clip_low, clip_high)
     if dual_clip is not None:
         raise ValueError("dual_clip is only defined for the 'ppo' loss")
-    logp, logp_old, adv = _clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
+    logp, logp_old, adv = clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
     ratio = torch.exp(torch.clamp(logp - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
     lower = None if clip_low is None else 1.0 - clip_low
     weight = torch.clamp(ratio, min=lower, max=1.0 + clip_high)
     tok_loss = -weight * adv * logp
-    loss = aggregate(
-        _weighted(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids, global_count=global_count
-    )
-    metrics = _ratio_metrics(logp, logp_old, ratio, mask)
+    loss = aggregate(apply_is_weights(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids,
+                     global_count=global_count)
+    metrics = ratio_metrics(logp, logp_old, ratio, mask)
     metrics["clip_frac"] = masked_mean((weight != ratio).to(logp.dtype), mask)
     return loss, metrics
 
@@ -295,20 +333,19 @@ def gspo_loss(
     (token-level), "ratio_mean" (token-level r), "seq_ratio_mean" (mean of s_b over non-empty sequences).
     Raises ValueError for bad shapes, negative clip ranges or a dual_clip value.
     """
-    _check_clip(clip_low, clip_high)
+    check_clip_range(clip_low, clip_high)
     if dual_clip is not None:
         raise ValueError("dual_clip is only defined for the 'ppo' loss")
-    logp, logp_old, adv = _clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
+    logp, logp_old, adv = clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
     lengths = mask.sum(-1)
     log_seq_ratio = (logp - logp_old).sum(-1) / lengths.clamp(min=1)  # masked entries are already 0
     log_tok = logp - logp.detach() + log_seq_ratio.detach()[:, None]
     seq_ratio_tok = torch.exp(torch.clamp(log_tok, max=10.0))
     tok_loss, clipped = clipped_surrogate(seq_ratio_tok, adv, 1.0 - clip_low, 1.0 + clip_high)
-    loss = aggregate(
-        _weighted(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids, global_count=global_count
-    )
+    loss = aggregate(apply_is_weights(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids,
+                     global_count=global_count)
     ratio = torch.exp(torch.clamp(logp - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    metrics = _ratio_metrics(logp, logp_old, ratio, mask)
+    metrics = ratio_metrics(logp, logp_old, ratio, mask)
     metrics["clip_frac"] = masked_mean(clipped.to(logp.dtype), mask)
     nonempty = (lengths > 0).to(logp.dtype)
     metrics["seq_ratio_mean"] = (log_seq_ratio.detach().exp() * nonempty).sum() / nonempty.sum().clamp(min=1)

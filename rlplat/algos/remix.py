@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlplat.algos._common import LOG_RATIO_CLAMP, check_ndim, check_same_shape, clipped_surrogate, masked_mean
+from rlplat.algos._common import LOG_RATIO_CLAMP, check_same_shape, clipped_surrogate, masked_mean
 from rlplat.algos.kl import kl_estimate
-from rlplat.algos.losses import aggregate
+from rlplat.algos.losses import aggregate, apply_is_weights, check_clip_range, clean_policy_inputs, ratio_metrics
 
 
 def mix_ppo_clip_loss(
@@ -64,32 +64,19 @@ def mix_ppo_clip_loss(
     "approx_kl" (mean k3 estimate of KL(pi_k || pi_theta)), "ratio_mean" (mean r), "centre_mean" (mean c).
     Raises ValueError for mismatched shapes or negative clip ranges.
     """
-    check_ndim("logp", logp, 2)
-    check_same_shape(logp=logp, logp_old=logp_old, logp_prox=logp_prox, adv=adv, mask=mask)
-    if is_weights is not None:
-        check_same_shape(logp=logp, is_weights=is_weights)
-    if clip_low < 0 or clip_high < 0:
-        raise ValueError(f"clip ranges must be >= 0, got clip_low={clip_low}, clip_high={clip_high}")
-    valid = mask > 0
-    zero = torch.zeros_like(logp)
-    logp = torch.where(valid, logp, zero)
-    logp_old = torch.where(valid, logp_old.detach(), zero)
-    logp_prox = torch.where(valid, logp_prox.detach(), zero)
-    adv = torch.where(valid, adv.detach(), zero)
+    check_clip_range(clip_low, clip_high)
+    logp, logp_old, adv = clean_policy_inputs(logp, logp_old, adv, mask, is_weights)
+    check_same_shape(logp=logp, logp_prox=logp_prox)
+    logp_prox = torch.where(mask > 0, logp_prox.detach(), torch.zeros_like(logp))
 
     ratio = torch.exp(torch.clamp(logp - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     centre = torch.exp(torch.clamp(logp_prox - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     tok_loss, clipped = clipped_surrogate(ratio, adv, centre - clip_low, centre + clip_high)
-    if is_weights is not None:
-        tok_loss = tok_loss * is_weights.detach()
-    loss = aggregate(tok_loss, mask, agg, norm_len=norm_len, group_ids=group_ids, global_count=global_count)
-    with torch.no_grad():
-        metrics = {
-            "clip_frac": masked_mean(clipped.to(logp.dtype), mask),
-            "approx_kl": masked_mean(kl_estimate(logp_prox, logp, "k3"), mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "centre_mean": masked_mean(centre, mask),
-        }
+    loss = aggregate(apply_is_weights(tok_loss, is_weights), mask, agg, norm_len=norm_len, group_ids=group_ids,
+                     global_count=global_count)
+    metrics = ratio_metrics(logp, logp_prox, ratio, mask)  # approx_kl: KL(pi_k || pi_theta)
+    metrics["clip_frac"] = masked_mean(clipped.to(logp.dtype), mask)
+    metrics["centre_mean"] = masked_mean(centre, mask)
     return loss, metrics
 
 

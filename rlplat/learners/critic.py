@@ -21,7 +21,7 @@ from torch import Tensor
 
 from rlplat.algos.advantages import gae, whiten
 from rlplat.algos.kl import kl_penalized_rewards
-from rlplat.algos.losses import value_loss
+from rlplat.algos.losses import aggregate_count, value_loss
 from rlplat.config import GaeConfig, LearnerConfig
 from rlplat.learners.microbatch import MicroBatch
 
@@ -87,7 +87,7 @@ class Critic:
 
     def update(self, micro: list[MicroBatch], values_old: list[Tensor], returns: list[Tensor]) -> dict[str, float]:
         """One optimizer step of the clipped value loss (token-mean over the mini-batch)."""
-        count = max(1.0, float(sum(mb.resp_mask.sum() for mb in micro)))
+        count = aggregate_count("token-mean", [mb.resp_mask for mb in micro])
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss/value": 0.0, "critic/value_clip_frac": 0.0, "critic/value_mean": 0.0}
         for k, mb in enumerate(micro):

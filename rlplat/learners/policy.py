@@ -38,6 +38,7 @@ from rlplat.algos.kl import kl_estimate
 from rlplat.algos.losses import (
     POLICY_LOSS_FNS,
     aggregate,
+    aggregate_count,
     entropy_from_logits,
     logp_from_logits,
     truncated_is_weights,
@@ -223,7 +224,7 @@ class PolicyLearner:
 
     def _update(self, preps: list[Prepared], step: int) -> dict[str, float]:
         algo = self.algo
-        count = _global_count(algo.loss_agg, [p.mask for p in preps])
+        count = aggregate_count(algo.loss_agg, [p.mask for p in preps])
         norm_len = max(p.mask.shape[1] for p in preps)
         token_counts = [float(p.mask.sum()) for p in preps]  # host syncs here, before any kernel is queued
         weights = [c / max(1.0, sum(token_counts)) for c in token_counts]
@@ -437,15 +438,6 @@ def _needs_reference(algo: AlgorithmConfig) -> bool:
 
 def _kl_convex_on(algo: AlgorithmConfig) -> bool:
     return algo.remix.enabled and algo.remix.kl_convex.coef > 0
-
-
-def _global_count(mode: str, masks: list[Tensor]) -> float:
-    """The denominator `aggregate` needs so that micro-batch losses add up to the whole mini-batch's loss."""
-    if mode == "token-mean":
-        return max(1.0, float(sum(m.sum() for m in masks)))
-    if mode == "seq-mean-token-sum-norm":
-        return float(sum(m.shape[0] for m in masks))
-    return max(1.0, float(sum((m.sum(1) > 0).sum() for m in masks)))
 
 
 def _t(x: Tensor | None) -> Tensor:

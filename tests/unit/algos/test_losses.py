@@ -11,6 +11,10 @@ from rlplat.algos.losses import (
     AGG_MODES,
     POLICY_LOSS_FNS,
     aggregate,
+    aggregate_count,
+    apply_is_weights,
+    check_clip_range,
+    clean_policy_inputs,
     cispo_loss,
     entropy_from_logits,
     gspo_loss,
@@ -84,11 +88,25 @@ def test_aggregate_micro_batches_sum_to_global(mode: str) -> None:
         "seq-mean-token-sum-norm": 6.0,
         "prompt-level": 3.0,
     }
-    parts = [  # micro-batches split on prompt boundaries
-        aggregate(values[s], mask[s], mode, group_ids=ids[s], global_count=counts[mode])
-        for s in (slice(0, 2), slice(2, 6))
-    ]
+    splits = (slice(0, 2), slice(2, 6))  # micro-batches split on prompt boundaries
+    parts = [aggregate(values[s], mask[s], mode, group_ids=ids[s], global_count=counts[mode]) for s in splits]
     torch.testing.assert_close(parts[0] + parts[1], full)
+    if mode != "prompt-level":  # the learner's count, from the parts' masks alone
+        assert aggregate_count(mode, [mask[s] for s in splits]) == counts[mode]
+
+
+def test_aggregate_count_hand_cases() -> None:
+    masks = [torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])]
+    assert aggregate_count("token-mean", masks) == 3.0
+    assert aggregate_count("seq-mean-token-mean", masks) == 2.0  # the empty row leaves the average
+    assert aggregate_count("seq-mean-token-sum", masks) == 2.0
+    assert aggregate_count("seq-mean-token-sum-norm", masks) == 3.0  # B counts every row
+    assert aggregate_count("token-mean", [torch.zeros(2, 3)]) == 1.0  # never 0
+    assert aggregate_count("seq-mean-token-mean", [torch.zeros(2, 3)]) == 1.0
+    with pytest.raises(ValueError, match="prompt-level"):
+        aggregate_count("prompt-level", masks)
+    with pytest.raises(ValueError, match="'mean'"):
+        aggregate_count("mean", masks)
 
 
 def test_aggregate_bad_inputs() -> None:
@@ -104,6 +122,38 @@ def test_aggregate_bad_inputs() -> None:
         aggregate(VALUES, MASK, "seq-mean-token-sum-norm", norm_len=0)
     with pytest.raises(ValueError):
         aggregate(VALUES[0], MASK[0], "token-mean")  # 1-D
+
+
+# ----------------------------------------------------------------------------------- shared policy-loss helpers
+
+
+def test_clean_policy_inputs_zeroes_masked_entries_and_detaches() -> None:
+    logp = torch.tensor([[-1.0, math.inf]], requires_grad=True)
+    old = torch.tensor([[-2.0, math.nan]], requires_grad=True)
+    adv = torch.tensor([[0.5, -math.inf]], requires_grad=True)
+    lp, lo, a = clean_policy_inputs(logp, old, adv, torch.tensor([[1.0, 0.0]]), None)
+    torch.testing.assert_close(lp, torch.tensor([[-1.0, 0.0]]), check_stride=False)
+    torch.testing.assert_close(lo, torch.tensor([[-2.0, 0.0]]))
+    torch.testing.assert_close(a, torch.tensor([[0.5, 0.0]]))
+    assert lp.requires_grad and not lo.requires_grad and not a.requires_grad
+    with pytest.raises(ValueError, match="is_weights"):
+        clean_policy_inputs(logp, old, adv, torch.ones(1, 2), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        clean_policy_inputs(logp[0], old[0], adv[0], torch.ones(2), None)
+
+
+def test_clip_range_and_is_weights() -> None:
+    check_clip_range(None, 0.0)  # no lower bound (CISPO)
+    with pytest.raises(ValueError, match="clip_low"):
+        check_clip_range(-0.1, 0.2)
+    with pytest.raises(ValueError, match="clip_high"):
+        check_clip_range(0.2, -0.1)
+    loss = torch.tensor([[1.0, 2.0]])
+    w = torch.tensor([[0.5, 3.0]], requires_grad=True)
+    assert apply_is_weights(loss, None) is loss
+    weighted = apply_is_weights(loss, w)
+    torch.testing.assert_close(weighted, torch.tensor([[0.5, 6.0]]))
+    assert not weighted.requires_grad  # weights are constants of the loss
 
 
 # ------------------------------------------------------------------------------------------------ PPO clip

@@ -91,7 +91,7 @@ if spec["namespaces"]:
 os.close(report)
 try:
     for name, value in spec["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
+        resource.setrlimit(getattr(resource, name), (value, value))
     if spec["uid"] is not None:
         os.setgroups([])
         os.setresgid(spec["uid"], spec["uid"], spec["uid"])
@@ -107,7 +107,7 @@ class SandboxLimits:
     """Per-execution limits. Sizes in bytes; RLIMIT_NPROC counts threads too."""
 
     timeout_s: float = 10.0  # wall clock, from start to kill
-    cpu_s: int = 10  # RLIMIT_CPU: SIGXCPU at cpu_s, SIGKILL one second later
+    cpu_s: int = 10  # RLIMIT_CPU, soft = hard: SIGKILL at cpu_s (PID 1 of a namespace ignores SIGXCPU)
     memory_bytes: int = 1 << 30  # RLIMIT_AS (virtual address space)
     file_size_bytes: int = 16 << 20  # RLIMIT_FSIZE: a larger write fails with EFBIG
     max_processes: int = 32  # RLIMIT_NPROC for the sandbox's uid
@@ -140,7 +140,7 @@ class Isolation:
 class SandboxResult:
     """One execution's outcome.
 
-    exit_code: the program's exit status; negative = killed by that signal (-9 after a timeout, -24 SIGXCPU);
+    exit_code: the program's exit status; negative = killed by that signal (-9 after a timeout or at the CPU limit);
     None if it could not be started. stdout/stderr: decoded (UTF-8, errors replaced), at most max_output_bytes
     each; *_truncated says bytes were dropped. setup_error: isolation could not be set up (exit 125).
     """

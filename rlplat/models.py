@@ -1,4 +1,4 @@
-"""Model directories: build a tiny Qwen2 model with a character tokenizer, and check any local HF model directory.
+"""Model directories: build a tiny Qwen2 model (character or byte-level BPE tokenizer), check any local HF model dir.
 
 A tiny model is an ordinary Hugging Face directory (config.json, model.safetensors, tokenizer.json), so vLLM and
 transformers load it exactly like a downloaded Qwen or Llama directory. Nothing is fetched from a hub.
@@ -8,14 +8,38 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
 # Characters the char tokenizer knows: digits, letters, punctuation. No whitespace: transformers 5 loads a
 # tokenizer of a `qwen2` model directory as Qwen2Tokenizer, whose byte-level pre-tokenizer would remap it.
 CHARSET = string.digits + string.ascii_letters + string.punctuation
+
+# The BPE tokenizer's special tokens, as in Qwen2: ChatML turn markers, and <|endoftext|> as padding.
+BPE_PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+# Qwen2's pre-tokenizer split (digits one by one, words with their leading space). transformers 5 loads the
+# tokenizer of a `qwen2` model directory as Qwen2Tokenizer; training with its own split keeps the ids identical.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# ChatML, as Qwen's: each turn `<|im_start|>role\ncontent<|im_end|>\n`, the generation prompt opens an assistant
+# turn. {% generation %} marks assistant tokens, so SFT can ask for return_assistant_tokens_mask.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,20 +70,76 @@ def build_char_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     )
 
 
-def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny Qwen2 model + char tokenizer to `out_dir` and return the path."""
+def build_bpe_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on `corpus` with the `tokenizers` library, with a ChatML chat template.
+
+    Any text encodes (bytes are the base alphabet); the three special tokens come first (ids 0, 1, 2):
+    <|endoftext|> (pad), <|im_start|>, <|im_end|> (EOS: a chat model ends its turn with it). vocab_size is an
+    upper bound: a small corpus yields fewer merges.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [BPE_PAD_TOKEN, IM_START, IM_END]
+    if vocab_size < 256 + len(specials):
+        raise ValueError(f"vocab_size {vocab_size} is below the 259 tokens of the byte alphabet and special tokens")
+    core = Tokenizer(models.BPE())
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=BPE_PAD_TOKEN, eos_token=IM_END,
+                                        additional_special_tokens=[IM_START, IM_END])
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, for build_bpe_tokenizer; ValueError if none."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"corpus file {str(p)!r} does not exist")
+    lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"corpus file {str(p)!r} has no text")
+    return lines
+
+
+def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None, seed: int = 0,
+                     tokenizer: Literal["char", "bpe"] = "char", corpus: Sequence[str] | None = None,
+                     vocab_size: int = 512) -> Path:
+    """Write a randomly initialised tiny Qwen2 model + tokenizer to `out_dir` and return the path.
+
+    tokenizer "char": one token per character, no chat template (the digit tasks). "bpe": byte-level BPE trained
+    on `corpus` (default: rlplat.data.generators.corpus_texts, the task generators' text) with a ChatML template,
+    so chat-message prompts run exactly as they do for Qwen or Llama.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     shape = shape or TinyModelShape()
     if shape.hidden_size // shape.num_heads < 32:
         raise ValueError(f"head_dim {shape.hidden_size // shape.num_heads} < 32: vLLM's CPU attention rejects it")
+    if tokenizer == "char":
+        tok = build_char_tokenizer()
+    elif tokenizer == "bpe":
+        if corpus is None:
+            from rlplat.data.generators import corpus_texts
+
+            corpus = corpus_texts()
+        tok = build_bpe_tokenizer(corpus, vocab_size=vocab_size)
+    else:
+        raise ValueError(f"tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_char_tokenizer()
     config = Qwen2Config(
         # Round the vocabulary up to a multiple of 64, as real models do (vLLM pads its LM head that way).
-        vocab_size=-(-len(tokenizer) // 64) * 64,
+        vocab_size=-(-len(tok) // 64) * 64,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers,
@@ -67,18 +147,18 @@ def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None
         num_key_value_heads=shape.num_kv_heads,
         max_position_embeddings=shape.max_position_embeddings,
         tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
     # vLLM reads generation_config.json for default stop tokens; make EOS explicit.
     (out / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+        json.dumps({"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
     )
     return out
 

@@ -87,10 +87,39 @@ def _parser() -> argparse.ArgumentParser:
                       help="attention heads, also used as KV heads (default: %(default)s)")
     tiny.add_argument("--intermediate-size", type=int, default=256,
                       help="MLP intermediate size (default: %(default)s)")
-    tiny.add_argument("--context-length", type=int, default=128,
-                      help="max_position_embeddings: prompt + response tokens the model serves (default: %(default)s)")
+    tiny.add_argument("--context-length", type=int, default=None,
+                      help="max_position_embeddings: prompt + response tokens the model serves "
+                           "(default: 128 with the char tokenizer, 512 with bpe)")
+    tiny.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+                      help="char: one token per character, no chat template (digit tasks); bpe: byte-level BPE "
+                           "trained on --corpus with a ChatML chat template (default: %(default)s)")
+    tiny.add_argument("--corpus", metavar="FILE",
+                      help="with --tokenizer bpe: a text file (one document per line) to train the BPE on "
+                           "(default: text of the built-in task generators)")
+    tiny.add_argument("--vocab-size", type=int, default=512,
+                      help="with --tokenizer bpe: the most tokens the BPE learns (default: %(default)s)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     tiny.set_defaults(func=_model_tiny)
+
+    d = sub.add_parser("data", help="write a task's train/test files: rlplat data countdown|arithmetic|digits OUT",
+                       description="Generate a task's train and test splits offline as OUT/train.<fmt> and "
+                                   "OUT/test.<fmt> (the files data.train_files / data.eval_files point at).")
+    dsub = d.add_subparsers(dest="data_command")
+    for name, what in (("countdown", "TinyZero countdown: reach a target with the given numbers (nums, target)"),
+                       ("arithmetic", "GSM8K-like word problems (question, answer ending in '#### N')"),
+                       ("digits", "the built-in digit tasks (prompt, answer)")):
+        g = dsub.add_parser(name, help=what, description=f"Write {what}.")
+        g.add_argument("out_dir", metavar="OUT", help="directory to write train.<fmt> and test.<fmt> into")
+        g.add_argument("--n", type=int, default=1000, help="train rows (default: %(default)s)")
+        g.add_argument("--n-test", type=int, default=100, help="test rows (default: %(default)s)")
+        g.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+        g.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
+                       help="file format (default: %(default)s)")
+        if name == "digits":
+            g.add_argument("--task", choices=("copy", "reverse", "add"), default="copy",
+                           help="digit task (default: %(default)s)")
+            g.add_argument("--num-digits", type=int, default=4, help="digits per number (default: %(default)s)")
+        g.set_defaults(func=_data)
 
     sub.add_parser("bench", help="run a benchmark: rlplat bench NAME [--help]")
     return p
@@ -187,16 +216,38 @@ def _reachable_gpus(cfg) -> tuple[float, str]:
 
 
 def _model_tiny(args: argparse.Namespace) -> int:
-    from rlplat.models import TinyModelShape, write_tiny_model
+    from rlplat.models import TinyModelShape, read_corpus, write_tiny_model
 
     shape = TinyModelShape(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                            num_kv_heads=args.num_heads, intermediate_size=args.intermediate_size,
-                           max_position_embeddings=args.context_length)
+                           max_position_embeddings=args.context_length or (512 if args.tokenizer == "bpe" else 128))
     try:
-        out = write_tiny_model(args.out_dir, shape=shape, seed=args.seed)
+        if args.corpus and args.tokenizer != "bpe":
+            raise ValueError("--corpus trains a BPE tokenizer: add --tokenizer bpe")
+        corpus = read_corpus(args.corpus) if args.corpus else None
+        out = write_tiny_model(args.out_dir, shape=shape, seed=args.seed, tokenizer=args.tokenizer, corpus=corpus,
+                               vocab_size=args.vocab_size)
     except ValueError as e:
         return _bad_input(e)
     print(f"wrote tiny model to {out}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from rlplat.data import generators
+
+    try:
+        if args.data_command == "digits":
+            splits = generators.digit_splits(args.task, num_train=args.n, num_test=args.n_test,
+                                             num_digits=args.num_digits, seed=args.seed)
+        else:
+            make = {"countdown": generators.countdown_splits, "arithmetic": generators.arithmetic_splits}
+            splits = make[args.data_command](num_train=args.n, num_test=args.n_test, seed=args.seed)
+        paths = generators.write_splits(args.out_dir, splits, fmt=args.format)
+    except ValueError as e:
+        return _bad_input(e)
+    for path, name in zip(paths, [k for k, v in splits.items() if v], strict=True):
+        print(f"wrote {len(splits[name])} rows to {path}")
     return 0
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rlplat import checkpoint as ck
 from rlplat.config import AlgorithmConfig, ConfigError, LearnerConfig, LoraConfig, load_config
-from rlplat.evaluate import find_source, materialise
+from rlplat.evaluate import EvalSource, find_source, materialise
 from rlplat.learners.lora import merged_state_dict
 from rlplat.learners.policy import PolicyLearner
 from rlplat.learners.state import save_learner_state
@@ -57,3 +57,32 @@ def test_checkpoint_of_another_model_is_a_config_error(tiny_model_dir: Path, tmp
 
 def test_saved_model_directory(tiny_model_dir: Path) -> None:
     assert find_source(tiny_model_dir).kind == "model"
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_intact_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    learner = PolicyLearner(str(tiny_model_dir), LearnerConfig(), AlgorithmConfig(), dtype="float32", seed=0)
+    root = tmp_path / "checkpoints"
+    good = _checkpoint(learner, root, 2)
+    bad = _checkpoint(learner, root, 4)
+    state_file = bad / "learner" / "learner_state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:100])
+    source = find_source(root)
+    assert (source.path, source.step) == (good, 2)
+    with pytest.raises(ConfigError, match=r"--checkpoint: checkpoint .*step_000004: learner/learner_state.pt has 100 "
+                                          r"bytes, its manifest says \d+ \(truncated or replaced\)$"):
+        find_source(bad)
+
+
+def test_planted_learner_state_is_a_one_line_error_and_never_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    class Planted:
+        def __reduce__(self):
+            return open, (str(tmp_path / "pwned"), "w")
+
+    learner = PolicyLearner(str(tiny_model_dir), LearnerConfig(), AlgorithmConfig(), dtype="float32", seed=0)
+    final = _checkpoint(learner, tmp_path / "checkpoints", 1)
+    torch.save({"model": {"w": Planted()}}, final / "learner" / "learner_state.pt")
+    source = EvalSource("checkpoint", final, 1, "run-123")  # past find_source's checksums, as if they were rewritten
+    cfg = load_config(ROOT / "configs/smoke/grpo.yaml", [f"model.path={tiny_model_dir}"])
+    with pytest.raises(ConfigError, match="--checkpoint: .*learner_state.pt holds more than tensors and plain data"):
+        materialise(source, cfg, tmp_path / "served")
+    assert not (tmp_path / "pwned").exists()

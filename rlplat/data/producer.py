@@ -1,15 +1,16 @@
 """The asynchronous producer: rollout + reward in a background thread, feeding the ExperienceStore.
 
-The learner (consumer, the controller's main thread) trains batch P at policy version P. So that batch P has
-staleness <= k, the producer starts generating batch P only while P <= learner_version + k ("wait"), which for
-k = 0 is exactly synchronous, on-policy training. With on_stale="drop" the producer runs free (bounded only by
-the store's capacity) and the store drops groups that are too old when they are read.
+The learner (consumer, the driver's main thread) trains batch P at policy version P. So that batch P has
+staleness <= k, the producer starts generating batch P only while P <= learner_version + k ("wait": the rule is
+`staleness.may_produce`), which for k = 0 is exactly synchronous, on-policy training. With on_stale="drop" the
+producer runs free (bounded only by the store's capacity) and the store drops groups that are too old when they
+are read.
 
 Metrics: each produced batch's metrics (timings, reward terms, APRIL) are kept under the ids of its groups, and a
 consumed batch gets the metrics of the produced batch most of its groups came from, so they stay matched when the
 store drops stale groups or a checkpoint restores groups produced by an earlier process (those have none).
 
-Shutdown: `stop()` sets a flag, calls `interrupt` (the controller aborts in-flight generation), and joins the
+Shutdown: `stop()` sets a flag, calls `interrupt` (the driver aborts in-flight generation), and joins the
 thread. An exception in the producer thread is re-raised in the consumer by the next `next_batch`.
 """
 
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
+from rlplat.data.staleness import may_produce
 from rlplat.types import Group
 
 ProduceFn = Callable[[int, int], tuple[list[Group], dict[str, float]]]  # (batch_index, policy_version) -> ...
@@ -57,7 +59,12 @@ class Producer:
         self._thread.start()
 
     def _may_start(self, batch_index: int) -> bool:
-        return not self.wait_for_learner or batch_index <= self.learner_version + self.max_staleness
+        """`staleness.may_produce`: batch P is generated with the learner's current weights and trained at version P
+        (or now, if the learner is already past P), so it may start iff that staleness is within max_staleness."""
+        if not self.wait_for_learner:
+            return True
+        trained_at = max(batch_index, self.learner_version)
+        return may_produce(self.learner_version, trained_at, self.max_staleness)
 
     def _run(self) -> None:
         try:

@@ -2,9 +2,9 @@
 
 Producers (rollout/env/reward) `put` finished groups; the learner reads whole groups with `get_batch`.
 
-Storage. Every sample of a group is one TransferQueue row in this store's partition, with the columns of
-`_encode` (ragged token lists as jagged nested tensors, scalars as tensors, strings as NonTensorStack).
-TransferQueue holds the data (a controller and SimpleStorage units, Ray actors, see TransferQueueDeployment);
+Storage. Every sample of a group is one TransferQueue row in this store's partition, with one column per field of
+`Sample` (codec.py derives them from the dataclass). TransferQueue holds the data (a controller and SimpleStorage
+units, Ray actors started by transferqueue.py's TransferQueueDeployment);
 this object keeps the group-level bookkeeping TransferQueue cannot express (docs/transferqueue_notes.md):
 which rows form which group, each group's oldest policy version, the capacity count and the counters.
 
@@ -21,9 +21,10 @@ TransferQueue and counted in `store/groups_dropped_stale`, at read time and alre
 stale against the newest learner version the store has seen. k = 0 returns on-policy groups only.
 `on_stale` says who is expected to keep that count at zero:
   "drop": producers run free (bounded only by capacity); dropping stale groups is the normal way they go.
-  "wait": producers check `may_produce(producer_version, learner_version)` before starting a group and wait
-          for a weight sync when it is False. A group can still go stale in flight (the learner stepped while it
-          was generated); it is then dropped as above and a warning is logged, since it means wasted rollout.
+  "wait": producers check `staleness.may_produce(producer_version, learner_version, max_staleness)` before
+          starting a group and wait for a weight sync when it is False (the async `Producer` does). A group can
+          still go stale in flight (the learner stepped while it was generated); it is then dropped as above and a
+          warning is logged, since it means wasted rollout.
 
 Snapshot. `snapshot()` returns every unconsumed group (not those being written or already handed to the
 learner) as plain `Group` records for a checkpoint; `restore(groups)` puts them back (no capacity wait, no
@@ -43,44 +44,27 @@ consumer). TransferQueue's client runs its own event loop thread; this module im
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
-import math
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-import torch
-from tensordict import TensorDict
-from tensordict.tensorclass import NonTensorStack
 from transfer_queue.client import TransferQueueClient
-from transfer_queue.controller import TransferQueueController
 from transfer_queue.metadata import BatchMeta
-from transfer_queue.sampler import SequentialSampler
-from transfer_queue.storage.simple_storage import SimpleStorageUnit
 
+from rlplat.data import codec
 from rlplat.data import staleness as st
-from rlplat.types import FinishReason, Group, Sample
+from rlplat.data.transferqueue import TransferQueueDeployment
+from rlplat.types import Group, Sample
 
 logger = logging.getLogger(__name__)
 
 OnStale = Literal["drop", "wait"]
 
-# TransferQueue columns, one row per sample. Ragged lists -> jagged nested tensors; floats are float64 so that
-# what is put is exactly what is read back; reward None is stored as NaN with reward_is_set = False.
-_JAGGED_FIELDS: dict[str, torch.dtype] = {
-    "prompt_token_ids": torch.int64,
-    "response_token_ids": torch.int64,
-    "logp_behaviour": torch.float64,
-    "policy_versions": torch.int64,
-    "loss_mask": torch.int8,
-}
-_SCALAR_FIELDS = ("group_id", "sample_index", "prompt_id")
-_STRING_FIELDS = ("answer", "finish_reason")
 _STATUS_RETRIES = 50  # num_rows_in_transferqueue: tries while a concurrent put grows the controller (see there)
 
 
@@ -112,73 +96,6 @@ class _Counters:
     producer_wait_s: float = 0.0
     consumer_wait_s: float = 0.0
     staleness_hist: Counter[int] = field(default_factory=Counter)
-
-
-class TransferQueueDeployment:
-    """One TransferQueue instance: a controller and SimpleStorage unit actors, plus a client in this process.
-
-    Started directly rather than through `transfer_queue.init()`, whose process-global singleton and fixed
-    actor names ("TransferQueueController", "TransferQueueStorageUnit#i") allow only one TQ per Ray job.
-    Several stores can share one deployment (each uses its own partition); a store that is not given one
-    starts and owns its own. Needs an initialised Ray with 1 + num_storage_units free logical CPUs.
-    """
-
-    def __init__(self, *, num_storage_units: int = 2, start_timeout_s: float = 120.0) -> None:
-        if num_storage_units < 1:
-            raise ValueError(f"num_storage_units must be >= 1, got {num_storage_units}")
-        self.controller: Any = TransferQueueController.remote(sampler=SequentialSampler(), polling_mode=True)
-        unit_config = {"total_storage_size": None, "num_data_storage_units": num_storage_units}
-        self.units: list[Any] = [SimpleStorageUnit.remote(config=unit_config) for _ in range(num_storage_units)]
-        self.client: TransferQueueClient | None = None
-        try:
-            controller_info = _wait(self.controller.get_zmq_server_info.remote(), start_timeout_s)
-            unit_infos = {f"unit{i}": _wait(u.get_zmq_server_info.remote(), start_timeout_s)
-                          for i, u in enumerate(self.units)}
-        except TimeoutError:
-            # Unscheduled actors cannot run a terminate call; dropping the last handles makes Ray kill them.
-            self.controller, self.units = None, []
-            raise TimeoutError(
-                f"TransferQueue actors did not start within {start_timeout_s:.0f} s. They ask Ray for num_cpus=1 "
-                f"each ({1 + num_storage_units} in all): call ray.init(num_cpus=...) with enough logical CPUs "
-                "before creating the store") from None
-        self.client = TransferQueueClient(client_id=f"rlplat_store_{uuid.uuid4().hex[:8]}",
-                                          controller_info=controller_info)
-        self.client.initialize_storage_manager(manager_type="SimpleStorage", config={"zmq_info": unit_infos})
-
-    def __enter__(self) -> TransferQueueDeployment:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self, timeout_s: float = 15.0) -> None:
-        """Stop the client, then the storage units (gracefully, as TQ's own close() does), then the actors.
-
-        Idempotent. Stores still using this deployment fail with StoreClosedError afterwards.
-        """
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        for unit in self.units:
-            try:
-                _wait(unit.shutdown.remote(), timeout_s)
-            except Exception as e:  # a dead unit has nothing left to stop
-                logger.warning("TransferQueue storage unit did not shut down cleanly: %s", e)
-        # Wait for the actors to exit so that their CPUs are back in Ray's pool when close() returns.
-        actors = [*self.units, *([self.controller] if self.controller is not None else [])]
-        ends = [a.__ray_terminate__.remote() for a in actors]
-        for ref in ends:
-            try:
-                _wait(ref, timeout_s)
-            except Exception:  # expected: the call ends with the actor's death
-                pass
-        self.controller, self.units = None, []
-
-
-def _wait(ref: Any, timeout_s: float) -> Any:
-    """ray.get(ref, timeout=...) without importing ray: ObjectRef.future() is a concurrent.futures.Future,
-    whose TimeoutError is the builtin one on Python >= 3.11."""
-    return ref.future().result(timeout=timeout_s)
 
 
 class ExperienceStore:
@@ -223,10 +140,6 @@ class ExperienceStore:
     def try_put(self, groups: Sequence[Group]) -> bool:
         """Like `put` but never blocks: False (nothing stored) when there is no room for all of `groups` now."""
         return self._put(groups, timeout_s=0.0, blocking=False)
-
-    def may_produce(self, producer_version: int, learner_version: int) -> bool:
-        """`staleness.may_produce` with this store's max_staleness (the producer-side check of on_stale='wait')."""
-        return st.may_produce(producer_version, learner_version, self.max_staleness)
 
     def _put(self, groups: Sequence[Group], *, timeout_s: float | None, blocking: bool) -> bool:
         groups = list(groups)
@@ -283,7 +196,8 @@ class ExperienceStore:
     def _write(self, groups: list[Group], *, restored: bool) -> None:
         """Write reserved groups to TransferQueue and make them readable (releases the slots on failure)."""
         try:
-            meta = self._client().put(data=_encode(groups), partition_id=self._partition)
+            meta = self._client().put(data=codec.encode([s for g in groups for s in g.samples]),
+                                      partition_id=self._partition)
         except BaseException:
             self._release(len(groups))
             raise
@@ -431,7 +345,7 @@ class ExperienceStore:
     # --------------------------------------------------------------------------------------------- TQ plumbing
     def _read(self, entries: list[_Entry]) -> list[Group]:
         data = self._client().get_data(BatchMeta.concat([e.meta for e in entries]))
-        return _decode(data, entries)
+        return _regroup(codec.decode(data), entries)
 
     def _delete(self, entries: list[_Entry]) -> None:
         """Delete groups' rows from TransferQueue and free their slots."""
@@ -544,56 +458,12 @@ def _check_groups(groups: list[Group]) -> None:
             raise ValueError(f"group {g.group_id} has no generated tokens, so no policy version")
 
 
-def _encode(groups: list[Group]) -> TensorDict:
-    """Groups -> one TransferQueue row per sample (samples of a group are consecutive rows)."""
-    samples = [s for g in groups for s in g.samples]
-    cols: dict[str, Any] = {name: _jagged([getattr(s, name) for s in samples], dtype)
-                            for name, dtype in _JAGGED_FIELDS.items()}
-    for name in _SCALAR_FIELDS:
-        cols[name] = torch.tensor([getattr(s, name) for s in samples], dtype=torch.int64)
-    cols["reward"] = torch.tensor([math.nan if s.reward is None else s.reward for s in samples], dtype=torch.float64)
-    cols["reward_is_set"] = torch.tensor([s.reward is not None for s in samples], dtype=torch.bool)
-    cols["answer"] = NonTensorStack(*[s.answer for s in samples])
-    cols["finish_reason"] = NonTensorStack(*[s.finish_reason.value for s in samples])
-    return TensorDict(cols, batch_size=len(samples))
-
-
-def _decode(data: TensorDict, entries: list[_Entry]) -> list[Group]:
-    """TransferQueue rows (in group order) -> Groups; inverse of `_encode`."""
-    cols = {name: _column(data, name) for name in (*_JAGGED_FIELDS, *_SCALAR_FIELDS, *_STRING_FIELDS,
-                                                    "reward", "reward_is_set")}
-    samples = [
-        Sample(group_id=cols["group_id"][i], sample_index=cols["sample_index"][i], prompt_id=cols["prompt_id"][i],
-               prompt_token_ids=cols["prompt_token_ids"][i], answer=cols["answer"][i],
-               response_token_ids=cols["response_token_ids"][i], logp_behaviour=cols["logp_behaviour"][i],
-               policy_versions=cols["policy_versions"][i], loss_mask=cols["loss_mask"][i],
-               finish_reason=FinishReason(cols["finish_reason"][i]),
-               reward=cols["reward"][i] if cols["reward_is_set"][i] else None)
-        for i in range(sum(e.num_samples for e in entries))
-    ]
+def _regroup(samples: list[Sample], entries: list[_Entry]) -> list[Group]:
+    """Rows read back (samples of each entry's group, consecutive, in entry order) -> Groups."""
     groups, start = [], 0
     for e in entries:
         members = samples[start:start + e.num_samples]
         groups.append(Group(group_id=members[0].group_id, prompt_id=e.prompt_id, samples=members))
         start += e.num_samples
+    assert start == len(samples), f"{len(samples)} rows read for {start} samples"
     return groups
-
-
-def _jagged(rows: list[list[Any]], dtype: torch.dtype) -> torch.Tensor:
-    """Ragged rows -> a jagged nested tensor [rows, j], built from one flat tensor (much faster than per row)."""
-    values = torch.tensor([x for row in rows for x in row], dtype=dtype)
-    offsets = torch.tensor([0, *itertools.accumulate(len(row) for row in rows)], dtype=torch.int64)
-    return torch.nested.nested_tensor_from_jagged(values, offsets)
-
-
-def _column(data: TensorDict, name: str) -> list[Any]:
-    """One column as a Python list: one list per row for ragged tensors, one value per row otherwise."""
-    value = data.get(name)
-    if not isinstance(value, torch.Tensor):  # NonTensorStack
-        return list(value.tolist())
-    if value.is_nested and value.layout == torch.jagged and value.is_contiguous():
-        flat, offsets = value.values().tolist(), value.offsets().tolist()
-        return [flat[a:b] for a, b in itertools.pairwise(offsets)]
-    if value.is_nested or value.ndim > 1:
-        return [row.tolist() for row in value.unbind()]
-    return value.tolist()

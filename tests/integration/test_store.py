@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import ray
 
-from rlplat.data.store import ExperienceStore, StoreClosedError, TransferQueueDeployment
+from rlplat.data.staleness import may_produce
+from rlplat.data.store import ExperienceStore, StoreClosedError
+from rlplat.data.transferqueue import TransferQueueDeployment
 from rlplat.types import FinishReason, Group, Sample
 
 
@@ -153,9 +155,9 @@ def test_staleness_bound_never_exceeded_under_random_timings(tq: TransferQueueDe
         try:
             while not stop.is_set():
                 current = learner["version"]
-                if rng.random() < 0.3 or (on_stale == "wait" and not store.may_produce(weights, current)):
+                if rng.random() < 0.3 or (on_stale == "wait" and not may_produce(weights, current, max_staleness)):
                     weights = current  # weight sync
-                if on_stale == "wait" and not store.may_produce(weights, current):
+                if on_stale == "wait" and not may_produce(weights, current, max_staleness):
                     continue
                 time.sleep(rng.uniform(0, 0.01))  # generation time
                 # A partial rollout may carry tokens from up to two older versions.

@@ -77,6 +77,21 @@ def test_k1_overlaps_rollout_with_training() -> None:
     assert 1 in _run(1, steps=20, seed=4)
 
 
+@pytest.mark.parametrize(("learner", "batch", "k", "expected"), [
+    (0, 0, 0, True), (0, 1, 0, False), (3, 3, 0, True), (3, 4, 1, True), (3, 5, 1, False), (3, 6, 3, True),
+    (5, 2, 0, True),  # the learner is past the batch (groups restored from a checkpoint): it trains now
+])
+def test_may_start_is_the_staleness_rule(learner: int, batch: int, k: int, expected: bool) -> None:
+    """Batch P, generated at the learner's version L and trained at P, may start iff P <= L + k (hand cases)."""
+    producer = Producer(lambda i, v: ([], {}), ListStore(1), num_groups_per_batch=1, max_staleness=k,
+                        wait_for_learner=True)
+    producer.set_learner_version(learner)
+    assert producer._may_start(batch) is expected
+    free = Producer(lambda i, v: ([], {}), ListStore(1), num_groups_per_batch=1, max_staleness=k,
+                    wait_for_learner=False)
+    assert free._may_start(batch + 10) is True  # on_stale="drop": producers run free
+
+
 def test_producer_error_surfaces_in_consumer() -> None:
     def produce(index: int, version: int):
         raise ValueError("reward function 'bad' raised")

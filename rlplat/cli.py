@@ -133,16 +133,16 @@ def _train(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(dump_yaml(cfg), end="")
             return _print_plan(cfg, args.assume_gpus)
-        from rlplat import controller
+        from rlplat.driver import loop, run_state
 
-        controller.preflight(cfg)
+        run_state.preflight(cfg)
         if args.resume:
-            controller.find_checkpoint(cfg, required=True)
+            run_state.find_checkpoint(cfg, required=True)
     except ConfigError as e:
         return _bad_input(e)
     _quiet_logs()
     try:
-        result = controller.train(cfg, progress=not args.no_progress, resume=args.resume)
+        result = loop.train(cfg, progress=not args.no_progress, resume=args.resume)
     except ConfigError as e:  # found once attached to the cluster: too few GPUs for the placement
         return _bad_input(e)
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
@@ -164,13 +164,13 @@ def _eval(args: argparse.Namespace) -> int:
         if args.num_samples < 1:
             raise ConfigError("--num-samples must be >= 1")
         cfg = load_config(args.spec, args.overrides)
-        from rlplat import controller
+        from rlplat.driver import evaluation, run_state
         from rlplat.evaluate import find_source
 
-        controller.preflight(cfg)
+        run_state.preflight(cfg)
         find_source(args.checkpoint)
         _quiet_logs()
-        result = controller.evaluate_checkpoint(cfg, args.checkpoint, num_samples=args.num_samples)
+        result = evaluation.evaluate_checkpoint(cfg, args.checkpoint, num_samples=args.num_samples)
     except ConfigError as e:
         return _bad_input(e)
     for key, points in sorted(result.history.items()):
@@ -192,8 +192,8 @@ def _print_plan(cfg, assume_gpus: float | None) -> int:
 
 def _reachable_gpus(cfg) -> tuple[float, str]:
     """GPUs of the Ray cluster `train` would attach to (cluster.address), else of this machine."""
-    from rlplat.config import ConfigError
     from rlplat.actors.placement_group import cluster_gpu_count
+    from rlplat.config import ConfigError
     from rlplat.placement import local_gpu_count
 
     address = cfg.cluster.address
@@ -252,6 +252,11 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    """Run `rlplat.bench.NAME.main`, offline (before anything imports transformers), with its closing JSON line
+    printed after Ray has shut down: forwarded actor logs arrive late and must not follow it."""
+    from rlplat import OFFLINE_ENV
+
+    os.environ.update(OFFLINE_ENV)
     if not argv or argv[0].startswith("-"):
         import pkgutil
 
@@ -262,10 +267,25 @@ def _bench(argv: list[str], parser: argparse.ArgumentParser) -> int:
         return EXIT_BAD_INPUT if not argv else 0
     try:
         module = importlib.import_module(f"rlplat.bench.{argv[0]}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("rlplat.bench."):  # the bench exists but imports something missing
+            raise
         print(f"rlplat: error: unknown benchmark {argv[0]!r}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return int(module.main(argv[1:]) or 0)
+    from rlplat.bench.common import headline_last
+    from rlplat.config import ConfigError
+
+    def stop_ray() -> None:  # ray.shutdown() joins the thread that prints forwarded actor logs
+        if "ray" in sys.modules:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+
+    try:
+        return headline_last(lambda: int(module.main(argv[1:]) or 0), stop_ray)
+    except ConfigError as e:  # a missing model, a bad spec: one line, exit 2
+        return _bad_input(e)
 
 
 def _bad_input(error: Exception) -> int:

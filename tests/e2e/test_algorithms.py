@@ -1,4 +1,4 @@
-"""Every learner algorithm end to end through `controller.train`: real Ray, real vLLM (CPU), tiny model, 2 steps.
+"""Every learner algorithm end to end through `loop.train`: real Ray, real vLLM (CPU), tiny model, 2 steps.
 
 One run per algorithm (each starts a vLLM engine, ~30-40 s): GRPO, PPO (critic + GAE), ReMix-GRPO, ReMix-PPO and
 GRPO + LoRA. Each run must log finite losses, change the policy (only the adapters with LoRA), leave the engine
@@ -17,8 +17,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from rlplat import controller
 from rlplat.config import RunConfig, load_config
+from rlplat.driver import loop
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_algorithm_end_to_end(name: str, ray_session, tiny_model_dir: Path, tmp_
     (tmp_path / "reward.py").write_text(DIGIT_SHARE)
     reward = {"reward.terms": f"[{{name: '{tmp_path / 'reward.py'}:digit_share', weight: 1.0}}]"}
     cfg = load_config(ROOT / "configs" / spec, smoke_overrides(tiny_model_dir, tmp_path, **TINY, **extra, **reward))
-    result = controller.train(cfg, progress=False)
+    result = loop.train(cfg, progress=False)
     client = MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"

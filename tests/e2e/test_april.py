@@ -3,7 +3,7 @@
 One RolloutActor (module fixture) serves the step-by-step checks: a group aborted mid-generation is finished next
 step from its token ids, with behaviour log-probs equal to what the engine scores for them (old weights for the
 prefix, new weights for the continuation), two policy versions per continued sample, whole groups and a balanced
-token ledger. The last test runs `controller.train` with two rollout workers and APRIL on, and reads the metrics
+token ledger. The last test runs `loop.train` with two rollout workers and APRIL on, and reads the metrics
 back from MLflow. A tiny random model rarely emits EOS, so responses run to their budget.
 """
 
@@ -73,10 +73,10 @@ def _check_whole_and_balanced(step, mgr) -> None:
 
 
 def test_aborted_group_continues_next_step_across_a_weight_sync(ray_session, actor, model_dir) -> None:
-    from rlplat.actors.rollout_manager import RemoteRolloutWorker
+    from rlplat.driver.workers import RemoteEngine
     from rlplat.rollout.april_manager import AprilManager
 
-    mgr = AprilManager([RemoteRolloutWorker(actor)], over_provision=2.0)
+    mgr = AprilManager([RemoteEngine(actor, 600.0)], over_provision=2.0)
     groups = iter([[_group(1, [10, 11, 12, 13, 14]), _group(2, [20, 21, 22])]])
     fresh = lambda k: next(groups, [])[:k]  # noqa: E731
     budget = lambda g: SHORT if g.group_id == 1 else LONG  # noqa: E731
@@ -154,7 +154,7 @@ def test_two_rollout_workers_train_with_april(ray_session, model_dir, tmp_path) 
     from mlflow.tracking import MlflowClient
 
     from rlplat.config import load_config
-    from rlplat.controller import train
+    from rlplat.driver.loop import train
 
     overrides = smoke_overrides(model_dir, tmp_path / "out", **{
         "rollout.num_workers": 2, "rollout.partial.enabled": "true", "rollout.partial.over_provision": 2.0,

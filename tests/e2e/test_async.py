@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rlplat import controller
 from rlplat.config import load_config
+from rlplat.driver import loop
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_async_k1_stays_within_bound_and_logs_queue_metrics(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
     overrides = smoke_overrides(tiny_model_dir, tmp_path, **{
         "experiment.num_steps": 4, "data.store.enabled": "true", "data.store.max_staleness": 1})
-    result = controller.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False)
+    result = loop.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False)
     client = MlflowClient(result.tracking_uri)
     lags = [m.value for m in client.get_metric_history(result.run_id, "async/batch_staleness_max")]
     assert len(lags) == 4 and max(lags) <= 1 and lags[0] == 0
@@ -37,7 +37,7 @@ def test_async_k0_trains_exactly_as_synchronous_training(ray_session, tiny_model
                         "k0": {"data.store.enabled": "true", "data.store.max_staleness": 0}}.items():
         overrides = smoke_overrides(tiny_model_dir, tmp_path / mode, **{
             "experiment.num_steps": 3, "rollout.reproducible_sampling": "true", **extra})
-        history = controller.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False).history
+        history = loop.train(load_config(ROOT / "configs/smoke/grpo.yaml", overrides), progress=False).history
         histories[mode] = {key: [v for _, v in sorted(history[key])]
                            for key in ("rollout/reward_mean", "rollout/response_length_mean", "loss/policy")}
     assert len(histories["sync"]["rollout/reward_mean"]) == 3

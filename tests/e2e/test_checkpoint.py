@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rlplat import controller
 from rlplat.config import ConfigError, load_config
+from rlplat.driver import loop, run_state
 from rlplat.envs.tasks import PromptCursor, make_split
 from tests.conftest import ROOT, smoke_overrides
 
@@ -24,10 +24,10 @@ def _cfg(model: Path, out: Path, steps: int, *extra: str):
 
 
 def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
-    first = controller.train(_cfg(tiny_model_dir, tmp_path, 2), progress=False)
+    first = loop.train(_cfg(tiny_model_dir, tmp_path, 2), progress=False)
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000002"
     cfg = _cfg(tiny_model_dir, tmp_path, 4)
-    second = controller.train(cfg, progress=False, resume=True)
+    second = loop.train(cfg, progress=False, resume=True)
 
     assert second.run_id == first.run_id
     client = MlflowClient(second.tracking_uri)
@@ -47,12 +47,12 @@ def test_resume_with_nonempty_store_and_partial_buffer(ray_session, tiny_model_d
     """Async store (k=1) + APRIL: the checkpoint carries produced-ahead groups and unfinished partial groups."""
     extra = ("data.store.enabled=true", "data.store.max_staleness=1", "rollout.partial.enabled=true",
              "rollout.max_new_tokens=40")
-    first = controller.train(_cfg(tiny_model_dir, tmp_path, 2, *extra), progress=False)
+    first = loop.train(_cfg(tiny_model_dir, tmp_path, 2, *extra), progress=False)
     from rlplat import checkpoint as ck
 
     saved = ck.load_driver_state(tmp_path / "checkpoints" / "step_000002")
     assert len(saved.store_groups) + len(saved.partial_buffer) > 0
-    second = controller.train(_cfg(tiny_model_dir, tmp_path, 4, *extra), progress=False, resume=True)
+    second = loop.train(_cfg(tiny_model_dir, tmp_path, 4, *extra), progress=False, resume=True)
 
     assert second.run_id == first.run_id
     client = MlflowClient(second.tracking_uri)
@@ -80,6 +80,6 @@ def test_resume_with_changed_spec_is_refused_naming_keys(tmp_path: Path, tiny_mo
               ck.DriverState(step=2, policy_version=2, run_id="r", cursor={"epoch": 0, "position": 8}),
               dump_yaml(saved), keep_last=2)
     with pytest.raises(ConfigError, match=r"spec differs in learner\.lr, rollout\.max_new_tokens"):
-        controller.find_checkpoint(_cfg(tiny_model_dir, out, 4, "learner.lr=0.5", "rollout.max_new_tokens=5"),
+        run_state.find_checkpoint(_cfg(tiny_model_dir, out, 4, "learner.lr=0.5", "rollout.max_new_tokens=5"),
                                    required=True)
-    assert controller.find_checkpoint(_cfg(tiny_model_dir, out, 4), required=True) is not None
+    assert run_state.find_checkpoint(_cfg(tiny_model_dir, out, 4), required=True) is not None

@@ -2,9 +2,9 @@
 
 - One train() call (a vLLM engine costs ~40 s to start here): ReMix-GRPO (the algorithm section of
   configs/remix_grpo.yaml) on configs/envpool_cartpole.yaml at tiny sizes, 3 steps. The batches the learner
-  receives are captured (controller.make_batch is wrapped) to check the episodes' token layout and the replayed
+  receives are captured (the loop's make_batch is wrapped) to check the episodes' token layout and the replayed
   groups.
-- APRIL on CartPole through `controller.rollout_step` with one RolloutActor and an `EpisodeAprilManager`, new
+- APRIL on CartPole through `experience.EpisodeApril` with one RolloutActor and an `EpisodeAprilManager`, new
   weights loaded between steps: a cut episode continues next step with its tokens, masks and log-probs, two policy
   versions per continued sample, and a balanced token ledger.
 """
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -20,8 +21,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from rlplat import controller
-from rlplat.config import RunConfig, flatten, load_config
+from rlplat.config import flatten, load_config
+from rlplat.driver import loop
 from rlplat.types import FinishReason, Group, Sample, TrainBatch
 from tests.conftest import ROOT, smoke_overrides, started_rollout_actor
 
@@ -50,16 +51,16 @@ def env_run(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
     cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", overrides)
     assert cfg.algorithm.remix.enabled
     batches: list[TrainBatch] = []
-    make_batch = controller.make_batch
+    make_batch = loop.make_batch
 
-    def spy(cfg_: RunConfig, groups: list[Group]) -> TrainBatch:
-        batch = make_batch(cfg_, groups)
+    def spy(advantage: str, groups: list[Group]) -> TrainBatch:
+        batch = make_batch(advantage, groups)
         batches.append(batch)
         return batch
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(controller, "make_batch", spy)
-        result = controller.train(cfg, progress=False)
+        mp.setattr(loop, "make_batch", spy)
+        result = loop.train(cfg, progress=False)
     return cfg, result, batches
 
 
@@ -176,16 +177,20 @@ def test_april_continues_cut_episodes_in_later_steps(ray_session, rollout_actor,
     episodes are cut between turns and continue next step (env rebuilt by replay) after new weights are loaded."""
     from transformers import AutoTokenizer
 
+    from rlplat.driver.experience import EpisodeApril, RolloutOptions, Tokens
+    from rlplat.driver.workers import Workers
     from rlplat.envs.episode_april import make_episode_april
-    from rlplat.rollout.engine import SamplingOptions
+    from rlplat.types import SamplingOptions
 
     cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", smoke_overrides(tiny_model_dir, tmp_path, **{
         "rollout.num_prompts_per_step": 1, "rollout.num_samples_per_prompt": 2, "rollout.partial.enabled": "true",
         "rollout.partial.over_provision": 3.0}))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    workers = controller.Workers(rollout=[rollout_actor], learner=None)
+    workers = Workers(rollout=[rollout_actor], learner=None)
     mgr = make_episode_april(cfg.env, cfg.rollout.partial, num_groups_per_step=1, group_size=2)
     sampling = SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=1.0)
+    opts = dataclasses.replace(RolloutOptions.from_spec(cfg), sampling=sampling)
+    rollout = EpisodeApril(opts, workers, mgr, Tokens(str(tiny_model_dir)))
     cut: dict[tuple[int, int], Sample] = {}
     num_continued = trained = 0
     try:
@@ -193,8 +198,7 @@ def test_april_continues_cut_episodes_in_later_steps(ray_session, rollout_actor,
             version = step - 1
             if step > 1:
                 ray_session.get(rollout_actor.load_weights.remote(_new_weights(tiny_model_dir, step), version))
-            groups, metrics = controller.rollout_step(cfg, workers, mgr, None, controller.Tokens(str(tiny_model_dir)),
-                                                      sampling, step, version, env=mgr.env)
+            groups, metrics = rollout.collect(step, version)
             assert len(groups) == 1 and groups[0].is_complete and len(groups[0].samples) == 2
             trained += groups[0].num_response_tokens
             assert metrics["april/tokens_trained"] == trained
@@ -233,7 +237,7 @@ def test_april_env_run_checkpoints_cut_episodes_and_resumes(ray_session, tiny_mo
     extra = {**TINY, "experiment.num_steps": 2, "rollout.partial.enabled": "true", "checkpoint.every_steps": 1,
              "rollout.num_prompts_per_step": 1, "rollout.partial.over_provision": 3.0, "env.max_turns": 24,
              "env.in_actor": "true", **_algorithm_overrides("ppo.yaml")}
-    first = controller.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
+    first = loop.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
                                          smoke_overrides(tiny_model_dir, tmp_path, **extra)), progress=False)
     saved = ck.load_driver_state(tmp_path / "checkpoints" / "step_000002")
     assert saved.partial_buffer and all(isinstance(g, EpisodeGroup) for g in saved.partial_buffer)
@@ -245,7 +249,7 @@ def test_april_env_run_checkpoints_cut_episodes_and_resumes(ray_session, tiny_mo
     assert metrics["april/tokens_generated"] == ledger
 
     extra["experiment.num_steps"] = 3
-    second = controller.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
+    second = loop.train(load_config(ROOT / "configs/envpool_cartpole.yaml",
                                           smoke_overrides(tiny_model_dir, tmp_path, **extra)), progress=False,
                               resume=True)
     assert second.run_id == first.run_id

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rlplat import controller
 from rlplat.config import load_config
+from rlplat.driver import loop
 from rlplat.envs.tasks import PromptCursor, make_split
 from tests.conftest import ROOT, smoke_overrides
 
@@ -33,13 +33,13 @@ def _kill_rollout_actor_after_step(ray, trained: Path, step: int, killed: list[s
 
 
 def _train_killing_after_step_1(ray, cfg, out: Path):
-    """controller.train(cfg) while a thread kills a rollout actor once step 1 is recorded; the run must finish
+    """loop.train(cfg) while a thread kills a rollout actor once step 1 is recorded; the run must finish
     with at least one restart logged."""
     killed: list[str] = []
     killer = threading.Thread(target=_kill_rollout_actor_after_step,
                               args=(ray, out / "trained_groups.jsonl", 1, killed))
     killer.start()
-    result = controller.train(cfg, progress=False)
+    result = loop.train(cfg, progress=False)
     killer.join()
     assert killed, "the test never found the rollout actor to kill"
     client = MlflowClient(result.tracking_uri)

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from rlplat import controller
 from rlplat.config import load_config
+from rlplat.driver import evaluation, loop
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -27,14 +27,14 @@ def grpo_run(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPat
     out = tmp_path_factory.mktemp("grpo")
     overrides = smoke_overrides(tiny_model_dir, out, **{"checkpoint.every_steps": 3})
     cfg = load_config(ROOT / "configs/smoke/grpo.yaml", overrides)
-    return cfg, controller.train(cfg, progress=False)
+    return cfg, loop.train(cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
 def eval_run(grpo_run):
     """`rlplat eval` of the run's latest checkpoint (step 3, the last step: the final policy)."""
     cfg, result = grpo_run
-    return controller.evaluate_checkpoint(cfg, str(result.output_dir / "checkpoints"), num_samples=2)
+    return evaluation.evaluate_checkpoint(cfg, str(result.output_dir / "checkpoints"), num_samples=2)
 
 
 def test_metrics_logged_to_mlflow(grpo_run) -> None:

@@ -294,12 +294,12 @@ def test_doc_submit_command(doc: str) -> None:
 
 def test_job_env_vars_do_not_collide_with_the_drivers(doc: str, rayjob: dict, monkeypatch) -> None:
     """Ray refuses a job whose runtime env sets a variable the driver's ray.init runtime env also sets."""
-    from rlplat import controller
+    from rlplat.driver import workers
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(controller.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(controller.ray, "init", lambda *a, **kw: seen.update(kw))
-    controller.init_ray(load_config(CLUSTER_SPECS["1 GPU"]))
+    monkeypatch.setattr(workers.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(workers.ray, "init", lambda *a, **kw: seen.update(kw))
+    workers.init_ray(load_config(CLUSTER_SPECS["1 GPU"]))
     driver_vars = set(seen["runtime_env"]["env_vars"])
     job_vars = set(_runtime_env(_submit_block(doc))["env_vars"])
     rayjob_env = yaml.safe_load(rayjob["spec"].get("runtimeEnvYAML") or "{}") or {}

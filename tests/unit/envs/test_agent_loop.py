@@ -303,7 +303,7 @@ def test_unknown_task_id_suggests_close_matches(renderer: str) -> None:
 
 
 def test_preflight_reports_env_problems(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from rlplat.controller import preflight
+    from rlplat.driver.run_state import preflight
 
     spec = ROOT / "configs/envpool_cartpole.yaml"
     base = [f"model.path={tiny_model_dir}", f"experiment.output_dir={tmp_path}"]

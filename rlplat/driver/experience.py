@@ -1,0 +1,362 @@
+"""Experience: a step's groups of samples, scored, with their metrics. No Ray here: remote calls go through
+`Workers` (driver/workers.py), so everything below runs on fakes too.
+
+Four ways to get a step's N complete groups, chosen once at set-up (`make_rollout`) behind one interface, `Rollout`:
+    PromptBatches   N fresh prompts x G samples, generated as one batch;
+    PromptApril     APRIL (`rollout.partial`): partial buffer first, then fresh prompts, stop at N complete;
+    Episodes        N env seeds x G episodes, played turn by turn (`env.task_id`);
+    EpisodeApril    episodes with APRIL: cut episodes continue next step.
+`Experience.produce` runs one of them, scores the groups and measures them; the loop (or the async producer) calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlplat.actors.env import make_env
+from rlplat.algos.advantages import ADVANTAGE_FNS
+from rlplat.config import ConfigError, RunConfig
+from rlplat.data.producer import Producer
+from rlplat.driver.workers import Workers
+from rlplat.envs.agent_loop import EpisodeBudget, EpisodeFormat, episode_budget, episode_format, play_episodes
+from rlplat.envs.episode_april import EpisodeAprilManager, make_episode_april
+from rlplat.envs.tasks import Problem, PromptCursor
+from rlplat.envs.text_env import TextEnv
+from rlplat.models import max_context_length
+from rlplat.rewards.basic import RewardInputs
+from rlplat.rewards.registry import RewardError, score_with_spec
+from rlplat.rollout.april_manager import AprilManager
+from rlplat.types import Group, Sample, SamplingOptions, TrainBatch
+
+GROUP_IDS_PER_STEP = 1_000_000  # group ids of step s start at s * this; a retried attempt adds attempt * 100_000
+
+
+class Tokens:
+    """The tokenizer, used by the driver only to encode prompts/answers and decode samples for rewards and logs."""
+
+    def __init__(self, model_path: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        if self.tok.eos_token_id is None:
+            raise ConfigError(f"model.path: tokenizer in {model_path!r} has no EOS token")
+        self.eos_token_id: int = self.tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RolloutOptions:
+    """What the rollout roles need from the spec, translated once at set-up."""
+
+    num_groups: int  # rollout.num_prompts_per_step
+    group_size: int  # rollout.num_samples_per_prompt
+    sampling: SamplingOptions
+    env_seed: int = 0
+    budget: EpisodeBudget | None = None  # env episodes only
+    fmt: EpisodeFormat | None = None
+
+    @classmethod
+    def from_spec(cls, cfg: RunConfig) -> RolloutOptions:
+        r = cfg.rollout
+        sampling = SamplingOptions(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                   ignore_eos=r.ignore_eos,
+                                   seed=cfg.experiment.seed if r.reproducible_sampling else None)
+        opts = cls(num_groups=r.num_prompts_per_step, group_size=r.num_samples_per_prompt, sampling=sampling)
+        if not cfg.env.task_id:
+            return opts
+        budget = episode_budget(cfg.env, r.max_new_tokens, max_context_length(cfg.model.path))
+        return dataclasses.replace(opts, env_seed=cfg.env.seed, budget=budget, fmt=episode_format(cfg.env))
+
+
+def make_groups(problems: list[Problem], tokens: Tokens, num_samples: int, first_group_id: int) -> list[Group]:
+    """One group of `num_samples` empty samples per problem, ids counting up from first_group_id."""
+    groups = []
+    for k, p in enumerate(problems):
+        prompt_ids = tokens.encode(p.prompt)
+        gid = first_group_id + k
+        samples = [Sample(group_id=gid, sample_index=i, prompt_id=p.prompt_id, prompt_token_ids=list(prompt_ids),
+                          answer=p.answer) for i in range(num_samples)]
+        groups.append(Group(group_id=gid, prompt_id=p.prompt_id, samples=samples))
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------------ rollouts
+class Rollout(Protocol):
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        """Step `step`'s N complete groups, generated with policy `version`, and rollout metrics."""
+        ...
+
+    def state(self) -> list[Any]:
+        """The partial buffer a checkpoint carries (empty without APRIL)."""
+        ...
+
+    def load_state(self, state: list[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PromptBatches:
+    """N fresh prompts x G samples, one batch; `Workers.generate` re-issues them if an engine dies."""
+
+    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: PromptCursor, tokens: Tokens) -> None:
+        self.opts, self.workers, self.cursor, self.tokens = opts, workers, cursor, tokens
+
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        groups = make_groups(self.cursor.take(self.opts.num_groups), self.tokens, self.opts.group_size,
+                             first_group_id=step * GROUP_IDS_PER_STEP)
+        return self.workers.generate(groups, self.opts.sampling, version), {}
+
+    def state(self) -> list[Any]:
+        return []
+
+    def load_state(self, state: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PromptApril(PromptBatches):
+    """APRIL over the engines (rlplat/rollout/april_manager.py): stop at N complete groups, keep the rest."""
+
+    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: PromptCursor, tokens: Tokens, *,
+                 over_provision: float, max_age_in_versions: int) -> None:
+        super().__init__(opts, workers, cursor, tokens)
+        self.april = AprilManager(workers.engines(), over_provision=over_provision,
+                                  max_age_in_versions=max_age_in_versions)
+
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
+            first_id = step * GROUP_IDS_PER_STEP + k * 100_000  # fresh() runs at most once per attempt
+
+            def fresh(n: int) -> list[Group]:
+                return make_groups(self.cursor.take(n), self.tokens, self.opts.group_size, first_group_id=first_id)
+
+            result = asyncio.run(self.april.collect(self.opts.num_groups, fresh, self.opts.sampling, version))
+            return result.groups, result.metrics
+
+        return self.workers.retrying(version, attempt, "its groups wait in the partial buffer")
+
+    def state(self) -> list[Any]:
+        return self.april.state()
+
+    def load_state(self, state: list[Any]) -> None:
+        self.april.load_state(state)
+
+
+class Episodes:
+    """N env seeds (env.seed + (step - 1) * N + k) x G episodes, played to the end through the engines and `env`.
+    If an engine dies, the step's episodes are played again from their seeds (the env pool is reset)."""
+
+    def __init__(self, opts: RolloutOptions, workers: Workers, env: TextEnv, tokens: Tokens) -> None:
+        self.opts, self.workers, self.env, self.tokens = opts, workers, env, tokens
+
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        o, n = self.opts, self.opts.num_groups
+        assert o.budget is not None and o.fmt is not None
+
+        def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
+            batch = asyncio.run(play_episodes(
+                self.env, self.workers.engines(), self.tokens,
+                seeds=[o.env_seed + (step - 1) * n + i for i in range(n)],
+                num_samples_per_seed=o.group_size, first_group_id=step * GROUP_IDS_PER_STEP + k * 100_000,
+                budget=o.budget, fmt=o.fmt, sampling=o.sampling, policy_version=version))
+            return batch.groups, batch.metrics
+
+        return self.workers.retrying(version, attempt, "replaying the step's episodes from their seeds")
+
+    def state(self) -> list[Any]:
+        return []
+
+    def load_state(self, state: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EpisodeApril(Episodes):
+    """Episodes with APRIL: cut episodes continue first (their envs replayed from seed and actions), then fresh
+    seeds env.seed + (step - 1) * N' + k; stops once N groups are complete."""
+
+    def __init__(self, opts: RolloutOptions, workers: Workers, april: EpisodeAprilManager, tokens: Tokens) -> None:
+        super().__init__(opts, workers, april.env, tokens)
+        self.april = april
+
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        o, n = self.opts, self.opts.num_groups
+        assert o.budget is not None and o.fmt is not None
+
+        def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
+            batch = asyncio.run(self.april.collect(
+                self.workers.engines(), self.tokens, num_groups=n,
+                first_seed=o.env_seed + (step - 1) * self.april.num_groups_to_issue(n),
+                first_group_id=step * GROUP_IDS_PER_STEP + k * 100_000,
+                budget=o.budget, fmt=o.fmt, sampling=o.sampling, policy_version=version))
+            return batch.groups, batch.metrics
+
+        return self.workers.retrying(version, attempt, "its episodes wait in the buffer")
+
+    def state(self) -> list[Any]:
+        return self.april.state()
+
+    def load_state(self, state: list[Any]) -> None:
+        self.april.load_state(state)
+
+    def close(self) -> None:
+        self.april.close()
+
+
+def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: PromptCursor,
+                 env: TextEnv | None) -> Rollout:
+    """The spec's rollout: prompts or env episodes (env.task_id), with or without APRIL (rollout.partial)."""
+    opts, partial = RolloutOptions.from_spec(cfg), cfg.rollout.partial
+    if env is None:
+        if not partial.enabled:
+            return PromptBatches(opts, workers, cursor, tokens)
+        return PromptApril(opts, workers, cursor, tokens, over_provision=partial.over_provision,
+                           max_age_in_versions=partial.max_age_in_versions)
+    if not partial.enabled:
+        return Episodes(opts, workers, env, tokens)
+    april = make_episode_april(cfg.env, partial, num_groups_per_step=opts.num_groups, group_size=opts.group_size,
+                               make_env=make_env)
+    return EpisodeApril(opts, workers, april, tokens)
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[float] | None = None) -> RewardInputs:
+    """The batch record reward functions read; each distinct answer is tokenised once (a group shares one)."""
+    answer_ids = {a: tokens.encode(a) for a in {s.answer for s in samples}}
+    return RewardInputs(
+        response_token_ids=[s.response_token_ids for s in samples],
+        response_texts=[tokens.decode(s.response_token_ids) for s in samples],
+        answers=[s.answer for s in samples],
+        answer_token_ids=[answer_ids[s.answer] for s in samples],
+        eos_token_id=tokens.eos_token_id,
+        env_returns=env_returns,
+    )
+
+
+def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, workers: Workers | None = None) -> dict[str, float]:
+    """Set `sample.reward` on every sample; returns reward metrics. Scored here, or in the reward actor
+    (placement.reward_actor) with the same functions and the same RewardError on a failure."""
+    samples = [s for g in groups for s in g.samples]
+    env_returns = [s.reward or 0.0 for s in samples] if cfg.env.task_id else None  # set by the episode loop
+    inputs = reward_inputs(samples, tokens, env_returns=env_returns)
+    if workers is not None and workers.reward is not None:
+        rewards, metrics = workers.score(inputs)
+    else:
+        rewards, metrics = score_with_spec(cfg.reward, inputs)
+    for s, r in zip(samples, rewards, strict=True):
+        s.reward = r
+    return metrics
+
+
+class Experience:
+    """One batch of scored groups per call: the rollout, then the rewards, then the rollout metrics."""
+
+    def __init__(self, cfg: RunConfig, workers: Workers, tokens: Tokens, rollout: Rollout,
+                 save_unscored: Any) -> None:
+        self.cfg, self.workers, self.tokens, self.rollout = cfg, workers, tokens, rollout
+        self.save_unscored = save_unscored  # (step, groups) -> path: a failed reward loses no generated work
+
+    def produce(self, batch_index: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        t_start = time.perf_counter()
+        groups, metrics = self.rollout.collect(batch_index + 1, version)
+        t_scored = time.perf_counter()
+        try:
+            metrics |= score(self.cfg, groups, self.tokens, self.workers)
+        except RewardError as e:  # keep the step's samples: a fixed reward can score them later
+            raise RewardError(f"{e}; the step's samples are saved in {self.save_unscored(batch_index + 1, groups)}"
+                              ) from e
+        return groups, metrics | rollout_metrics(groups, t_scored - t_start) | {
+            "time/generate_s": t_scored - t_start, "time/reward_s": time.perf_counter() - t_scored}
+
+
+# ------------------------------------------------------------------------------------------------------ batches
+def make_batch(advantage: str, groups: list[Group]) -> TrainBatch:
+    """Samples of whole groups with their outcome advantages. With a critic (advantage: gae) advantages are
+    token-level and need values, so the learner computes them from each sample's reward."""
+    samples = [s for g in groups for s in g.samples]
+    if advantage == "gae":
+        return TrainBatch(samples=samples, advantages=None)
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+    group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
+    return TrainBatch(samples=samples, advantages=ADVANTAGE_FNS[advantage](rewards, group_ids, None).tolist())
+
+
+def start_producer(cfg: RunConfig, experience: Experience, *, first_batch: int = 0,
+                   restored: list[Group] | None = None) -> Producer | None:
+    """With `data.store.enabled`: an ExperienceStore on TransferQueue and a producer thread feeding it.
+    `restored`: a checkpoint's unconsumed groups (whole batches produced ahead), put back before it starts."""
+    from rlplat.data.store import ExperienceStore
+
+    sc = cfg.data.store
+    if not sc.enabled:
+        return None
+    store = ExperienceStore(capacity_in_groups=cfg.store_capacity_in_groups,
+                            max_staleness=sc.max_staleness, on_stale=sc.on_stale,
+                            num_storage_units=sc.num_storage_units)
+    producer = Producer(experience.produce, store, num_groups_per_batch=cfg.rollout.num_prompts_per_step,
+                        max_staleness=sc.max_staleness, wait_for_learner=sc.on_stale == "wait",
+                        interrupt=experience.workers.abort, first_batch=first_batch)
+    if restored:
+        store.restore(restored)
+        producer.batches_produced += len(restored) // cfg.rollout.num_prompts_per_step
+    producer.start()
+    return producer
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def batch_metrics(groups: list[Group]) -> dict[str, float]:
+    """Reward and length statistics of the groups a step trains on (in async mode: as read from the store)."""
+    samples = [s for g in groups for s in g.samples]
+    rewards = torch.tensor([s.reward for s in samples])
+    lengths = torch.tensor([float(s.num_response_tokens) for s in samples])
+    return {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "rollout/response_length_mean": float(lengths.mean()),
+        "rollout/response_length_max": float(lengths.max()),
+    }
+
+
+def rollout_metrics(groups: list[Group], seconds: float) -> dict[str, float]:
+    tokens = sum(g.num_response_tokens for g in groups)
+    return batch_metrics(groups) | {"perf/rollout_tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def async_metrics(producer: Producer, groups: list[Group], learner_version: int) -> dict[str, float]:
+    """Queue depth, waits, dropped groups and this batch's staleness (learner version - oldest token version)."""
+    stats = producer.store.stats()
+    lags = [learner_version - 1 - (g.oldest_policy_version or 0) for g in groups]
+    out = {k.replace("store/", "async/"): v for k, v in stats.items()}
+    return out | {"async/batch_staleness_max": float(max(lags)), "async/batch_staleness_mean": sum(lags) / len(lags)}
+
+
+def sample_rows(step: int, groups: list[Group], tokens: Tokens, n: int) -> list[dict[str, Any]]:
+    """The first n samples as table rows for MLflow."""
+    return [{"step": step, "prompt": tokens.decode(s.prompt_token_ids), "answer": s.answer,
+             "response": tokens.decode(s.response_token_ids), "reward": s.reward, "finish": s.finish_reason.value}
+            for s in [s for g in groups for s in g.samples][:n]]
+
+
+def record_trained(output_dir: Path, step: int, groups: list[Group]) -> None:
+    """Append which prompts were trained at `step` (an audit trail: nothing trained twice or skipped)."""
+    import json
+
+    with open(output_dir / "trained_groups.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "prompt_ids": [g.prompt_id for g in groups],
+                            "group_ids": [g.group_id for g in groups]}) + "\n")

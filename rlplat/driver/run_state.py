@@ -1,0 +1,187 @@
+"""A run's state outside the actors: the checks before anything starts, checkpoints, resume, and the run's files.
+
+`preflight` raises ConfigError (one line, exit 2 from the CLI) for every bad input it can find before any actor
+starts. A checkpoint holds everything needed to continue exactly (rlplat/checkpoint.py writes it atomically): the
+learner's state, the prompt cursor, the APRIL buffer, the store's unconsumed groups, ReMix's replay and RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlplat import checkpoint as ck
+from rlplat.config import ConfigError, RunConfig, dump_yaml, to_dict
+from rlplat.data.producer import Producer
+from rlplat.driver.experience import Rollout, Tokens
+from rlplat.driver.workers import Workers, ray_job_tags
+from rlplat.envs.agent_loop import episode_format
+from rlplat.envs.registry import make_episode_env
+from rlplat.envs.tasks import Problem, PromptCursor, make_split
+from rlplat.learners.replay import ReplayBuffer
+from rlplat.models import check_model_dir, max_context_length
+from rlplat.rewards.registry import load_reward
+from rlplat.types import Group
+
+log = logging.getLogger("rlplat")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    tracking_uri: str
+    output_dir: Path
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInputs:
+    """What preflight read and checked: the tokenizer and the prompt splits."""
+
+    tokens: Tokens
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+def preflight(cfg: RunConfig) -> RunInputs:
+    """Everything that can fail on bad input, before any actor starts. Raises ConfigError with one line."""
+    try:
+        check_model_dir(cfg.model.path)
+    except ValueError as e:
+        raise ConfigError(f"model.path: {e}") from None
+    for term in cfg.reward.terms:
+        try:
+            load_reward(term.name)
+        except ValueError as e:
+            raise ConfigError(f"reward.terms: {e}") from None
+    tokens = Tokens(cfg.model.path)
+    d = cfg.data
+    train = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed, split="train")
+    evals = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_eval_prompts, seed=d.seed, split="eval")
+    longest = max(len(tokens.encode(p.prompt)) for p in train + evals)
+    if cfg.env.task_id:  # env episodes replace the prompt task: their prompts are rendered observations
+        longest = longest_episode_prompt(cfg, tokens)
+    context = max_context_length(cfg.model.path)
+    if longest + cfg.rollout.max_new_tokens > context:
+        raise ConfigError(
+            f"prompts of up to {longest} tokens + rollout.max_new_tokens {cfg.rollout.max_new_tokens} exceed the "
+            f"model context of {context} tokens ({cfg.model.path})"
+        )
+    return RunInputs(tokens, train, evals)
+
+
+def longest_episode_prompt(cfg: RunConfig, tokens: Tokens) -> int:
+    """The longest first prompt (in tokens) of a few sample episodes; ConfigError for an unknown env."""
+    try:
+        env = make_episode_env(cfg.env, num_envs=8)
+    except ValueError as e:
+        raise ConfigError(f"env.task_id: {e}") from None
+    try:
+        fmt = episode_format(cfg.env)
+        return max(len(tokens.encode(fmt.prompt(obs, env.spec.action_help))) for obs in env.reset(range(8)))
+    finally:
+        env.close()
+
+
+def prepare_output_dir(cfg: RunConfig) -> None:
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.output_dir / "spec.yaml").write_text(dump_yaml(cfg))
+
+
+def run_tags() -> dict[str, str]:
+    """Tags that say where the run came from: the Ray job id (under `ray job submit`) and the git commit."""
+    tags = ray_job_tags()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+Resumed = tuple[Path, ck.DriverState]
+
+
+def find_checkpoint(cfg: RunConfig, *, required: bool) -> Resumed | None:
+    """The latest checkpoint to resume from; ConfigError when none exists (if required) or the spec changed."""
+    path = ck.latest(ck.checkpoint_root(cfg.output_dir))
+    if path is None:
+        if required:
+            raise ConfigError(f"--resume: no checkpoint in {ck.checkpoint_root(cfg.output_dir)}")
+        return None
+    diffs = ck.spec_differences((path / "spec.yaml").read_text(), to_dict(cfg))
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: the spec differs in {', '.join(diffs)}")
+    return path, ck.load_driver_state(path)
+
+
+def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
+                    rollout: Rollout, producer: Producer | None, replay: ReplayBuffer) -> Path:
+    """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
+    root = ck.checkpoint_root(cfg.output_dir)
+    if producer:
+        producer.pause()  # no batch half-generated while we snapshot the cursor and the store
+    try:
+        tmp = ck.begin(root, step)
+        workers.save_learner_state(tmp / "learner")
+        state = ck.DriverState(step=step, policy_version=version, run_id=run_id, cursor=cursor.state(),
+                               partial_buffer=rollout.state(),
+                               store_groups=producer.store.snapshot() if producer else [], rng=ck.rng_state(),
+                               replay=replay.state())
+        return ck.commit(root, tmp, state, dump_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
+    finally:
+        if producer:
+            producer.resume()
+
+
+def restore_checkpoint(resumed: Resumed, workers: Workers, cursor: PromptCursor, rollout: Rollout,
+                       replay: ReplayBuffer) -> int:
+    """Load a checkpoint into fresh workers; returns the policy version (the engines get those weights)."""
+    path, state = resumed
+    workers.load_learner_state(path / "learner")
+    cursor.load_state(state.cursor)
+    rollout.load_state(state.partial_buffer)
+    if state.replay:
+        replay.load_state(state.replay)
+    ck.set_rng_state(state.rng)
+    workers.sync(state.policy_version)
+    log.info("resumed from %s at step %d (policy version %d)", path, state.step, state.policy_version)
+    return state.policy_version
+
+
+def resume_hint(cfg: RunConfig) -> str:
+    """Where a failed run can continue from."""
+    latest = ck.latest(ck.checkpoint_root(cfg.output_dir))
+    return f"resume from {latest} with `rlplat train SPEC --resume`" if latest else "no checkpoint was written yet"
+
+
+def save_unscored(output_dir: Path, step: int, groups: list[Group]) -> Path:
+    """A step's generated groups as JSON lines when scoring them failed, so no generated work is lost."""
+    path = output_dir / "unscored" / f"step_{step:06d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for g in groups:
+            for s in g.samples:
+                f.write(json.dumps(_plain(s)) + "\n")
+    return path
+
+
+def _plain(record: Any) -> Any:
+    """A dataclass record as JSON-able values (enums by value)."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(record):
+        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, enum.Enum):
+        return record.value
+    if isinstance(record, list | tuple):
+        return [_plain(v) for v in record]
+    return record

@@ -1,0 +1,345 @@
+"""THE Ray boundary: every actor the driver starts and every call it makes to one goes through here.
+
+`Workers` holds the rollout engines, the learner and the optional reward actor and offers what the loop needs from
+them: generate, train, sync, recover, verify, save/load, shutdown. Every wait on a remote call has a deadline:
+blocking calls go through `call`, awaited ones (APRIL, env episodes) through `RemoteEngine`, and both name the phase
+and the spec key to change (`cluster.call_timeout_s`) when it passes. Nothing else in rlplat/driver imports ray.
+
+Failures: a rollout actor that dies is restarted by Ray (`max_restarts`), gets the current weights and its work is
+issued again (`Workers.retrying`); a learner that dies or hangs stops the run with the phase in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from rlplat import OFFLINE_ENV  # offline for every rlplat process and actor
+from rlplat.actors.learner import LearnerActor
+from rlplat.actors.placement_group import actor_options, cluster_gpu_count, release, reserve
+from rlplat.actors.reward import RewardActor
+from rlplat.actors.rollout import RolloutActor
+from rlplat.config import RewardConfig, RunConfig
+from rlplat.models import max_context_length
+from rlplat.placement import PlacementPlan, check_gpus, plan_placement
+from rlplat.rewards.basic import RewardInputs
+from rlplat.rewards.registry import RewardError
+from rlplat.rollout.engine import EngineOptions
+from rlplat.types import Group, Sample, SamplingOptions, TrainBatch
+
+log = logging.getLogger("rlplat")
+T = TypeVar("T")
+
+TIMEOUT_KEY = "cluster.call_timeout_s"
+MAX_ROLLOUT_RETRIES = 3
+QUICK_CALL_TIMEOUT_S = 5.0  # abort and shutdown answer at once unless the actor is hung: no need to wait longer
+ActorDied = RayActorError  # what a call to a dead actor raises; callers outside this module need not import ray
+
+
+class Hung(TimeoutError):
+    """A remote call passed its deadline: the actor is stopped, overloaded or deadlocked."""
+
+
+def hung(phase: str, timeout_s: float) -> Hung:
+    return Hung(f"{phase}: no answer within {timeout_s:g} s ({TIMEOUT_KEY}); the actor is hung, stopped or "
+                f"starved of resources")
+
+
+def call(refs: Any, phase: str, timeout_s: float) -> Any:
+    """ray.get with a deadline: THE way this package waits for a remote call."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        raise hung(phase, timeout_s) from None
+
+
+async def acall(ref: Any, phase: str, timeout_s: float) -> Any:
+    """`await ref` with a deadline (an ObjectRef is awaitable; the remote task itself is not cancelled)."""
+    try:
+        return await asyncio.wait_for(ref, timeout_s)
+    except TimeoutError:
+        raise hung(phase, timeout_s) from None
+
+
+class RemoteEngine:
+    """A RolloutActor handle as the async worker APRIL and the episode loop drive (`generate`, `abort`)."""
+
+    def __init__(self, handle: Any, timeout_s: float) -> None:
+        self.handle, self.timeout_s = handle, timeout_s
+
+    async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]:
+        return await acall(self.handle.generate.remote(samples, sampling, policy_version), "generation",
+                           self.timeout_s)
+
+    async def abort(self) -> int:
+        return await acall(self.handle.abort.remote(), "abort generation", min(QUICK_CALL_TIMEOUT_S, self.timeout_s))
+
+
+# ----------------------------------------------------------------------------------------------------- start-up
+def init_ray(cfg: RunConfig) -> None:
+    """Attach to a running cluster (`ray job submit`, RAY_ADDRESS, `ray start`), else start a local instance.
+    Every process of the run (this one included) runs with the hub switched off (OFFLINE_ENV)."""
+    os.environ.update(OFFLINE_ENV)
+    if ray.is_initialized():
+        return
+    env = {"env_vars": OFFLINE_ENV | {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}}
+    address = cfg.cluster.address
+    if address not in ("auto", "local"):
+        ray.init(address=address, runtime_env=env)
+        return
+    if address == "auto":
+        try:
+            ray.init(address="auto", runtime_env=env)
+            return
+        except ConnectionError:
+            pass
+    ray.init(address="local", num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
+             dashboard_host=cfg.cluster.dashboard_host, runtime_env=env)
+
+
+def ray_job_tags() -> dict[str, str]:
+    """Tags that say which Ray job ran this (and which submission, under `ray job submit`)."""
+    tags = {"rlplat.ray_job_id": ray.get_runtime_context().get_job_id()} if ray.is_initialized() else {}
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        tags["rlplat.ray_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
+    return tags
+
+
+def plan_for_cluster(cfg: RunConfig) -> PlacementPlan:
+    """The placement plan on the attached Ray cluster; ConfigError with the numbers if it lacks the GPUs."""
+    available = cluster_gpu_count()
+    plan = plan_placement(cfg, available)
+    check_gpus(plan, available, "the Ray cluster")
+    return plan
+
+
+def absolute_reward_paths(cfg: RewardConfig) -> RewardConfig:
+    """User reward files (`file.py:fn`) as absolute paths: an actor's working directory is not the driver's."""
+    def absolute(name: str) -> str:
+        path, sep, fn = name.rpartition(":")
+        return f"{Path(path).resolve()}:{fn}" if sep and path.endswith(".py") else name
+
+    return dataclasses.replace(cfg, terms=tuple(dataclasses.replace(t, name=absolute(t.name)) for t in cfg.terms))
+
+
+def engine_options(cfg: RunConfig, model_path: str = "") -> EngineOptions:
+    """The spec's vLLM engine options, serving `model_path` (default: model.path)."""
+    return EngineOptions(
+        model_path=str(Path(model_path or cfg.model.path).resolve()),
+        max_model_len=max_context_length(cfg.model.path),
+        seed=cfg.experiment.seed,
+        dtype=cfg.model.dtype,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        enforce_eager=cfg.rollout.enforce_eager,
+        max_num_seqs=cfg.rollout.max_num_seqs,
+        stream_interval=cfg.rollout.stream_interval,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+@dataclass
+class Workers:
+    rollout: list[Any]  # RolloutActor handles
+    learner: Any = None  # LearnerActor handle (None when only engines run: `rlplat eval`)
+    reward: Any = None  # RewardActor handle (placement.reward_actor); None: rewards are scored in the driver
+    call_timeout_s: float = 600.0
+    num_restarts: int = 0  # rollout actors restarted and re-synced during the run
+    weight_sync: str = "bytes"  # placement.weight_sync, resolved: bytes | broadcast | ipc
+    weight_group_open: bool = False  # broadcast: learner and engines have joined one process group
+    placement_group: Any = None  # Ray placement group of a GPU plan (None on CPU)
+    device: str = "cpu"  # the plan's device: the broadcast weight sync uses NCCL on gpu, gloo on cpu
+
+    @classmethod
+    def start(cls, cfg: RunConfig, engine: EngineOptions, *, with_learner: bool = True) -> Workers:
+        """Reserve the plan's GPUs, start the engines (and the learner and reward actor) and wait until the engines
+        are up. `engine.model_path` is what they serve until the first sync. Bad placement: ConfigError."""
+        init_ray(cfg)
+        if not with_learner:  # engines only: with colocate the learner's slot costs no GPU
+            cfg = dataclasses.replace(cfg, placement=dataclasses.replace(
+                cfg.placement, colocate=True, reward_actor=False, weight_sync="bytes"))
+        plan = plan_for_cluster(cfg)
+        log.info("%s", plan.describe())
+        pg = reserve(plan, cfg.placement.placement_timeout_s)  # GPUs taken but never freed: ConfigError
+        workers = cls(rollout=[], call_timeout_s=cfg.cluster.call_timeout_s, weight_sync=plan.weight_sync,
+                      placement_group=pg, device=plan.device)
+        try:
+            tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators find them
+            workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg))
+                               .remote(engine) for i, slot in enumerate(plan.rollout)]
+            if with_learner:
+                workers.learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
+                    str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
+                    seed=cfg.experiment.seed, lora=cfg.model.lora)
+            if with_learner and plan.reward is not None:
+                workers.reward = RewardActor.options(**actor_options(plan.reward, pg)).remote(
+                    absolute_reward_paths(cfg.reward))
+            workers.call([w.start.remote() for w in workers.rollout], "engine start")
+        except BaseException:
+            workers.shutdown()
+            raise
+        return workers
+
+    def call(self, refs: Any, phase: str) -> Any:
+        return call(refs, phase, self.call_timeout_s)
+
+    def engines(self) -> list[RemoteEngine]:
+        return [RemoteEngine(w, self.call_timeout_s) for w in self.rollout]
+
+    # -------------------------------------------------------------------------------------------- rollout
+    def generate(self, groups: list[Group], sampling: SamplingOptions, version: int) -> list[Group]:
+        """Spread whole groups over the engines round-robin and wait for all of them (re-issued if one dies)."""
+        def attempt(_: int) -> list[list[Sample]]:
+            shards = [groups[i :: len(self.rollout)] for i in range(len(self.rollout))]
+            return self.call([w.generate.remote([s for g in shard for s in g.samples], sampling, version)
+                              for w, shard in zip(self.rollout, shards, strict=True) if shard], "generation")
+
+        by_group: dict[int, list[Sample]] = {}
+        for samples in self.retrying(version, attempt, f"re-issuing {len(groups)} groups"):
+            for s in samples:
+                by_group.setdefault(s.group_id, []).append(s)
+        return [Group(group_id=g.group_id, prompt_id=g.prompt_id,
+                      samples=sorted(by_group[g.group_id], key=lambda s: s.sample_index)) for g in groups]
+
+    def retrying(self, version: int, attempt_fn: Callable[[int], T], on_retry: str) -> T:
+        """attempt_fn(attempt), again after a rollout actor died (Ray restarts it; it gets the weights of
+        `version`), at most MAX_ROLLOUT_RETRIES times. `on_retry` says what happens to the step's work."""
+        for attempt in range(MAX_ROLLOUT_RETRIES):
+            try:
+                return attempt_fn(attempt)
+            except RayActorError as e:
+                log.warning("a rollout worker died mid-step (%s); %s", type(e).__name__, on_retry)
+                self.recover(version)
+        return attempt_fn(MAX_ROLLOUT_RETRIES)
+
+    def recover(self, version: int) -> int:
+        """Wait for restarted rollout actors and load the current weights into any engine that lost them."""
+        payload, resynced = None, 0
+        for w in self.rollout:
+            if self._loaded_version_after_restart(w) != version:
+                payload = payload or self.learner.weights_bytes.remote()
+                self.call(w.load_weights.remote(payload, version), "weight sync after a restart")
+                resynced += 1
+        self.num_restarts += resynced
+        if resynced:
+            self.weight_group_open = False  # the restarted engine left the broadcast group: form a new one
+        return resynced
+
+    def _loaded_version_after_restart(self, worker: Any) -> int | None:
+        """The weights version a rollout actor holds, waiting while Ray still restarts it (its calls fail with
+        ActorUnavailableError until the new process is up), at most the deadline."""
+        deadline = time.monotonic() + self.call_timeout_s
+        while True:
+            try:
+                return self.call(worker.loaded_version.remote(), "rollout restart")
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def abort(self) -> None:
+        """Stop every engine's in-flight requests (they return what they have)."""
+        quick = min(QUICK_CALL_TIMEOUT_S, self.call_timeout_s)
+        call([w.abort.remote() for w in self.rollout], "abort generation", quick)
+
+    def score(self, inputs: RewardInputs) -> tuple[list[float], dict[str, float]]:
+        """The reward actor's scores (placement.reward_actor), with the same RewardError as in the driver."""
+        scored = self.call(self.reward.score.remote(inputs), "reward")
+        if isinstance(scored, str):
+            raise RewardError(scored)
+        return scored
+
+    # -------------------------------------------------------------------------------------------- learner
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        return self.call(self.learner.train_step.remote(batch), "train step")
+
+    def sync(self, version: int) -> None:
+        """Learner weights -> every engine, in place (tokens generated from then on carry `version`), by
+        `placement.weight_sync`: bytes through Ray's object store, a process-group broadcast, or CUDA IPC.
+        Generation may keep running meanwhile. A rollout actor that died comes back with these weights."""
+        try:
+            if self.weight_sync == "broadcast":
+                self._open_weight_group()
+                meta = self.learner.weight_meta.remote()
+                self.call([self.learner.broadcast_weights.remote(),
+                           *(w.receive_weights.remote("receive_broadcast", meta, version) for w in self.rollout)],
+                          "weight sync")
+            elif self.weight_sync == "ipc":
+                payload = self.learner.ipc_payload.remote()
+                try:
+                    self.call([w.receive_weights.remote("receive_ipc", payload, version) for w in self.rollout],
+                              "weight sync")
+                finally:  # also when an engine died mid-sync: the learner lets go of the shared tensors
+                    self.call(self.learner.release_ipc.remote(), "weight sync")
+            else:
+                payload = self.learner.weights_bytes.remote()
+                self.call([w.load_weights.remote(payload, version) for w in self.rollout], "weight sync")
+        except RayActorError:
+            self.recover(version)
+
+    def _open_weight_group(self) -> None:
+        """Once (and again after a rollout actor restart): the learner is rank 0, engine i is rank i + 1."""
+        if self.weight_group_open:
+            return
+        host, port = self.call(self.learner.free_address.remote(), "weight group")
+        world = len(self.rollout) + 1
+        backend = "nccl" if self.device == "gpu" else "gloo"
+        self.call([self.learner.open_weight_group.remote(backend, host, port, world),
+                   *(w.rpc.remote("open_weight_group", backend, host, port, i + 1, world)
+                     for i, w in enumerate(self.rollout))], "weight group")
+        self.weight_group_open = True
+
+    def verify(self, token_ids: list[int]) -> dict[str, float]:
+        """Check every engine holds the learner's weights: checksum of the tensors vLLM keeps readable, and the
+        largest log-prob difference on one sequence (covers the linears that vLLM's CPU backend repacks)."""
+        names = self.call(self.rollout[0].rpc.remote("readable_parameter_names"), "verify weights")
+        expected, learner_logps = self.call([self.learner.engine_layout_checksum.remote(names),
+                                             self.learner.sequence_logps.remote(token_ids)], "verify weights")
+        checksums = self.call([w.rpc.remote("checksum_weights", names) for w in self.rollout], "verify weights")
+        engine_logps = self.call([w.score.remote(token_ids) for w in self.rollout], "verify weights")
+        diff = max(abs(a - b) for logps in engine_logps for a, b in zip(logps, learner_logps, strict=True))
+        return {"sync/checksum_match": float(all(c == expected for c in checksums)), "sync/max_logp_diff": diff}
+
+    def save_learner_state(self, out_dir: Path) -> None:
+        self.call(self.learner.save_state.remote(str(out_dir.resolve())), "checkpoint save")
+
+    def load_learner_state(self, in_dir: Path) -> None:
+        self.call(self.learner.load_state.remote(str(in_dir.resolve())), "checkpoint load")
+
+    def save_model(self, out_dir: Path) -> None:
+        self.call(self.learner.save.remote(str(out_dir.resolve())), "save final model")
+
+    def weight_meta(self) -> list[tuple[str, str, list[int]]]:
+        """(name, dtype, shape) of every tensor a weight sync sends (`rlplat bench weight_sync` sizes it)."""
+        return self.call(self.learner.weight_meta.remote(), "weight meta")
+
+    def kill_engine(self, i: int) -> None:
+        """Kill rollout actor i as a crash would; Ray restarts it and `recover` reloads it (`rlplat bench faults`)."""
+        ray.kill(self.rollout[i], no_restart=False)
+
+    # ----------------------------------------------------------------------------------------------- end
+    def shutdown(self) -> None:
+        """Stop the engines (a short courtesy call each, then killed anyway), the learner and the reward actor,
+        and free the placement group. Safe to call twice and with actors that are dead or hung."""
+        for w in self.rollout:
+            try:
+                call(w.shutdown.remote(), "engine shutdown", min(QUICK_CALL_TIMEOUT_S, self.call_timeout_s))
+            except Exception:  # best effort: the actor may be gone or stopped
+                pass
+            ray.kill(w)
+        for actor in (self.learner, self.reward):
+            if actor is not None:
+                ray.kill(actor)
+        self.rollout, self.learner, self.reward = [], None, None
+        release(self.placement_group)
+        self.placement_group = None
+

@@ -56,8 +56,10 @@ REQUIRED_FILES = (DRIVER_STATE, SPEC, LEARNER_STATE)
 LEGACY_STATE = "driver.pkl"  # the pickle format before manifests; refused
 FORMAT = 1
 STEP_DIR = re.compile(r"step_(\d+)")
-# Spec keys that may differ between the run that wrote a checkpoint and the run that resumes from it.
-RESUMABLE_KEYS = ("experiment.num_steps", "checkpoint.", "tracking.log_samples_every_steps", "cluster.")
+# Spec keys that may differ between the run that wrote a checkpoint and the run that resumes from it. The output
+# dir may move: nothing inside a checkpoint names it (the manifest's paths are relative to the checkpoint folder).
+RESUMABLE_KEYS = ("experiment.num_steps", "experiment.output_dir", "checkpoint.", "tracking.log_samples_every_steps",
+                  "cluster.")
 # Modules whose dataclasses and enums a driver state may contain; nothing else is ever constructed when loading.
 RECORD_MODULES = ("rlplat.types", "rlplat.envs.agent_loop", "rlplat.envs.episode_april")
 

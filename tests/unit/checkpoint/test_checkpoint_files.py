@@ -121,3 +121,12 @@ def test_spec_differences_name_keys_but_allow_resumable_ones() -> None:
     saved = "learner:\n  lr: 0.001\nexperiment:\n  num_steps: 10\nrollout:\n  max_new_tokens: 6\n"
     now = {"learner": {"lr": 0.002}, "experiment": {"num_steps": 20}, "rollout": {"max_new_tokens": 6}}
     assert ck.spec_differences(saved, now) == ["learner.lr"]
+
+
+def test_a_moved_checkpoint_still_resumes(tmp_path: Path) -> None:
+    """Nothing inside a checkpoint names its folder, and the spec's output dir may differ on resume."""
+    save(tmp_path / "a" / "checkpoints", 3)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    path, state, skipped = ck.find_resumable(tmp_path / "b" / "checkpoints")
+    assert (path.name, state.step, skipped) == ("step_000003", 3, [])
+    assert ck.spec_differences("experiment:\n  output_dir: /x/a\n", {"experiment": {"output_dir": "/y/b"}}) == []

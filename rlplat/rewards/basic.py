@@ -6,7 +6,9 @@ Score generated token ids, not decoded text: a policy learns to exploit what dec
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +23,9 @@ class RewardInputs:
     env_returns: B episode returns from a multi-turn environment (rlplat.envs.agent_loop), or None without one.
     references: B lists of reference token-id sequences (several per sample, for `tensorbleu`), or None: then
     the one reference is `answer_token_ids`.
+    columns: B dicts, the dataset row of each sample without its prompt (answer, nums, target, tests, ...;
+    rlplat.data.datasets.Row.columns), or empty when the samples carry no dataset row. Read one column for the
+    whole batch with `column(name)`.
     """
 
     response_token_ids: list[list[int]]
@@ -30,9 +35,31 @@ class RewardInputs:
     eos_token_id: int
     env_returns: list[float] | None = None
     references: list[list[list[int]]] | None = None
+    columns: Sequence[Mapping[str, Any]] = ()
+
+    def __post_init__(self) -> None:
+        if self.columns and len(self.columns) != len(self.response_token_ids):
+            raise ValueError(f"columns has {len(self.columns)} rows for {len(self.response_token_ids)} responses")
 
     def __len__(self) -> int:
         return len(self.response_token_ids)
+
+    def column(self, name: str) -> list[Any]:
+        """The dataset column `name` for every sample; ValueError naming it when the rows lack it.
+
+        >>> b = RewardInputs(response_token_ids=[[5], [6]], response_texts=["", ""], answers=["", ""],
+        ...                  answer_token_ids=[[], []], eos_token_id=1, columns=[{"target": 3}, {"target": 7}])
+        >>> b.column("target")
+        [3, 7]
+        """
+        if not self.columns and len(self):
+            raise ValueError(f"the reward needs the dataset column {name!r}, but the samples carry no dataset rows")
+        missing = [i for i, row in enumerate(self.columns) if row.get(name) is None]
+        if missing:
+            have = ", ".join(sorted(self.columns[missing[0]])) or "none"
+            raise ValueError(f"the reward needs the dataset column {name!r}, which sample {missing[0]}'s row lacks "
+                             f"(its columns: {have})")
+        return [row[name] for row in self.columns]
 
 
 def digit_accuracy(batch: RewardInputs) -> torch.Tensor:

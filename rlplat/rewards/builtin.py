@@ -52,6 +52,9 @@ def tensorbleu(batch: RewardInputs, *, max_n: int = 4, smoothing: str = "floor")
 def math_verify(batch: RewardInputs) -> torch.Tensor:
     """1.0 when the response's final math answer equals the reference answer, by the `math-verify` package.
 
+    The reference is the dataset's `answer` column when the samples carry rows (`batch.columns`), else
+    `batch.answers`. A GSM8K-style reference (worked steps, then `#### 42`) counts from the text after `####`.
+
     math-verify extracts the answer from the response (\\boxed{...}, LaTeX or a plain expression) and compares it
     symbolically and numerically with the gold answer, so `\\frac{1}{2}`, `0.5` and `1/2` agree. A gold answer
     without `$` or `\\boxed` is read as one LaTeX expression. Its own signal-based timeouts are off (signals only
@@ -67,14 +70,27 @@ def math_verify(batch: RewardInputs) -> torch.Tensor:
         from math_verify import parse, verify  # imported on first use: it pulls in sympy (~0.4 s)
     except ImportError as e:
         raise ValueError("the math_verify reward needs the math-verify package: pip install math-verify") from e
+    golds = [gold_answer(a) for a in (batch.column("answer") if batch.columns else batch.answers)]
     out = torch.zeros(len(batch))
-    for i, (text, gold) in enumerate(zip(batch.response_texts, batch.answers, strict=True)):
+    for i, (text, gold) in enumerate(zip(batch.response_texts, golds, strict=True)):
         if "$" not in gold and "\\boxed" not in gold:
             gold = f"${gold}$"
         gold_parsed = parse(gold, parsing_timeout=None)  # type: ignore[arg-type]  # None = no signal timeout
         answer = parse(text, parsing_timeout=None)  # type: ignore[arg-type]
         out[i] = float(bool(gold_parsed) and verify(gold_parsed, answer, timeout_seconds=None))
     return out
+
+
+def gold_answer(answer: object) -> str:
+    """The reference answer as text: after the last `####` when there is one (GSM8K), thousands commas dropped.
+
+    >>> gold_answer("3 + 4 = 7 apples.\\n#### 7"), gold_answer("#### 1,250"), gold_answer(42), gold_answer("0.5")
+    ('7', '1250', '42', '0.5')
+    """
+    text = str(answer)
+    if "####" in text:
+        text = text.rpartition("####")[2].strip().replace(",", "")
+    return text
 
 
 def format_regex(batch: RewardInputs, *, pattern: str = "") -> torch.Tensor:

@@ -4,6 +4,21 @@ A spec names a built-in (`digit_accuracy`) or a user's function as `path/to/file
 raises or returns the wrong shape fails with a message naming the function; the caller keeps the samples.
 Built-ins that take parameters (`format_regex`: pattern, `length_penalty`: target_length_in_tokens) get them
 bound by `load_reward`; a user's function always takes just the batch.
+
+A user's reward receives the same `RewardInputs` batch as the built-ins: for B samples, `response_texts` (B
+decoded responses), `response_token_ids`, `answers`, `eos_token_id`, and `columns`: the dataset row of each
+sample (every column but the prompt), read with `batch.column("name")`. It returns B floats (a list or a [B]
+tensor). Declaring `fn.required_columns` lets the run check the data files before any worker starts:
+
+    # my_rewards.py                      spec:  reward: {terms: [{name: my_rewards.py:unit_tests_pass}]}
+    def unit_tests_pass(batch):
+        return [float(run_tests(code, tests))
+                for code, tests in zip(batch.response_texts, batch.column("tests"))]
+    unit_tests_pass.required_columns = ("tests",)
+
+`required_columns(name)` gives what a reward reads (built-ins: REQUIRED_COLUMNS; a user's function: its
+`required_columns` attribute); `check_reward_columns(names, columns)` raises a one-line ValueError for a
+column the data lacks.
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ import functools
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +35,7 @@ import torch
 from rlplat.config import RewardConfig
 from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact_match
 from rlplat.rewards.builtin import format_regex, length_penalty, math_verify, tensorbleu
+from rlplat.rewards.countdown import countdown
 
 RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
 
@@ -57,6 +73,38 @@ def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 
     if not callable(fn):
         raise ValueError(f"reward {name!r}: {path} has no function {func!r}")
     return fn
+
+
+def required_columns(name: str) -> tuple[str, ...]:
+    """Dataset columns the reward `name` reads (built-in or `file.py:function`); loads a user's file to ask it.
+
+    >>> required_columns("countdown"), required_columns("env_return")
+    (('nums', 'target'), ())
+    """
+    if name in BUILTIN_REWARDS:
+        return REQUIRED_COLUMNS.get(name, ())
+    declared = getattr(load_reward(name), "required_columns", ())
+    if isinstance(declared, str) or not all(isinstance(c, str) for c in declared):
+        raise ValueError(f"reward {name!r}: required_columns must be a tuple of column names, got {declared!r}")
+    return tuple(declared)
+
+
+def check_reward_columns(names: Sequence[str], columns: Iterable[str], *, where: str = "the data") -> None:
+    """ValueError (one line) unless every reward in `names` finds the columns it reads among `columns`.
+
+    columns: the columns every row has (rlplat.data.datasets.common_columns). where: names the data in the message.
+
+    >>> check_reward_columns(["countdown"], {"nums", "answer"}, where="data/train.jsonl")
+    Traceback (most recent call last):
+    ...
+    ValueError: reward 'countdown' needs the column 'target', which data/train.jsonl lacks (columns: answer, nums)
+    """
+    have = set(columns)
+    for name in names:
+        for col in required_columns(name):
+            if col not in have:
+                raise ValueError(f"reward {name!r} needs the column {col!r}, which {where} lacks "
+                                 f"(columns: {', '.join(sorted(have)) or 'none'})")
 
 
 def score_with_spec(cfg: RewardConfig, batch: RewardInputs) -> tuple[list[float], dict[str, float]]:
@@ -126,4 +174,15 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "math_verify": math_verify,
     "format_regex": format_regex,  # raises unless given `pattern`: load it with load_reward
     "length_penalty": length_penalty,  # raises unless given `target_length_in_tokens`: load it with load_reward
+    "countdown": countdown,
+}
+
+# Dataset columns each built-in reads. The answer-based ones read `answers`, which the driver fills from the
+# row's `answer` column; the digit tasks' rows have one too.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "digit_accuracy": ("answer",),
+    "exact_match": ("answer",),
+    "tensorbleu": ("answer",),
+    "math_verify": ("answer",),
+    "countdown": ("nums", "target"),
 }

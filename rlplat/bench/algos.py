@@ -1,6 +1,6 @@
 """`rlplat bench algos`: GRPO, PPO, ReMix-GRPO and ReMix-PPO on the demo task for the same rollout budget.
 
-Each algorithm runs `controller.train` on its shipped spec (configs/<name>.yaml: the demo task, 16 prompts x 8
+Each algorithm runs `driver.loop.train` on its shipped spec (configs/<name>.yaml: the demo task, 16 prompts x 8
 samples per step) for `--steps` steps, so every run consumes the same number of rollouts (samples). All runs
 share one local Ray instance; each starts its own vLLM engine. The table shows, side by side, the reward curve
 (mean rollout reward over the first and last `--smooth` steps, best moving average) and the rollouts each
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import emit_headline, ensure_model, print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = {"grpo": "grpo.yaml", "ppo": "ppo.yaml", "remix_grpo": "remix_grpo.yaml", "remix_ppo": "remix_ppo.yaml"}
@@ -42,16 +43,18 @@ def rollouts_to_reach(rewards: list[float], threshold: float, *, window: int, sa
 
 
 def run_algorithm(name: str, spec: str, args: argparse.Namespace) -> dict[str, object]:
-    from rlplat import controller
     from rlplat.config import load_config
+    from rlplat.driver import loop
 
     out = Path(args.out) / name
-    overrides = [f"experiment.num_steps={args.steps}", f"model.path={args.model}", f"experiment.output_dir={out}",
-                 "tracking.experiment_name=rlplat-bench-algos", f"tracking.log_samples_every_steps={args.steps}",
-                 f"experiment.seed={args.seed}", "rollout.reproducible_sampling=true", *args.override]
+    # cluster.address=local: one local Ray for every run (never attach to someone else's cluster from a benchmark)
+    overrides = ["cluster.address=local", f"experiment.num_steps={args.steps}", f"model.path={args.model}",
+                 f"experiment.output_dir={out}", "tracking.experiment_name=rlplat-bench-algos",
+                 f"tracking.log_samples_every_steps={args.steps}", f"experiment.seed={args.seed}",
+                 "rollout.reproducible_sampling=true", *args.override]
     cfg = load_config(ROOT / "configs" / spec, overrides)
     start = time.perf_counter()
-    result = controller.train(cfg, progress=False)
+    result = loop.train(cfg, progress=False)
     seconds = time.perf_counter() - start
     rewards = [v for _, v in sorted(result.history["rollout/reward_mean"])]
     exact = [v for _, v in sorted(result.history.get("eval/exact_match", []))]
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown or "grpo" not in names:
         p.error(f"--algos must include grpo and use only {', '.join(ALGORITHMS)} (got {unknown or names})")
-    _ensure_model(args.model)
-    _init_local_ray()
+    ensure_model(args.model, write_if_missing=True)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # init_ray hands VLLM_* on to the engines
     runs = [run_algorithm(n, ALGORITHMS[n], args) for n in names]
     return report(runs, args)
 
@@ -105,24 +108,6 @@ def report(runs: list[dict], args: argparse.Namespace) -> int:
     emit_headline("algos", metric="remix_rollouts_to_grpo_final_over_grpo", value=headline, unit="ratio", goal=0.5,
                   higher_is_better=False)
     return 0
-
-
-def _ensure_model(path: str) -> None:
-    if not (Path(path) / "config.json").is_file():
-        from rlplat.models import write_tiny_model
-
-        write_tiny_model(path)
-
-
-def _init_local_ray() -> None:
-    """One local Ray for every run (never attach to someone else's cluster from a benchmark)."""
-    import os
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {
-            "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}})
 
 
 if __name__ == "__main__":

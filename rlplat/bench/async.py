@@ -1,6 +1,6 @@
 """`rlplat bench async`: the demo workload synchronously and with the asynchronous store at k = 1 and 2.
 
-Each mode is one `controller.train` run with the same seed and steps. samples/s = samples trained / summed step
+Each mode is one `driver.loop.train` run with the same seed and steps. samples/s = samples trained / summed step
 time of steps 2..N (engine start-up, evaluation and the first step's warm-up excluded: on GPU step 1 takes
 seconds of CUDA and allocator warm-up, which differs between modes and would swamp a short run); reward = mean
 rollout reward over the last 10 steps.
@@ -24,12 +24,12 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import emit_headline, ensure_model, print_table
 
 
 def main(argv: list[str]) -> int:
-    from rlplat import controller
     from rlplat.config import load_config
+    from rlplat.driver import loop
 
     p = argparse.ArgumentParser(prog="rlplat bench async")
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
             seed_override = [] if seed is None else [f"experiment.seed={seed}"]
             cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", f"experiment.name={run_name}",
                                           *extra, *args.overrides, *seed_override])
-            history = controller.train(cfg, progress=False).history
+            ensure_model(cfg.model.path)
+            history = loop.train(cfg, progress=False).history
             runs.setdefault(name, []).append(summarize_run(history, cfg.num_samples_per_step))
     rate = {name: samples_per_s(rs) for name, rs in runs.items()}
     rows = [mode_row(name, rs, runs["sync"]) for name, rs in runs.items()]
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What one `controller.train` run contributes to the bench."""
+    """What one `loop.train` run contributes to the bench."""
 
     step_s: list[float]  # steps 2..N
     first_step_s: float

@@ -7,18 +7,19 @@ import argparse
 import statistics
 import time
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import emit_headline, ensure_model, print_table
 
 PHASES = ("time/rollout_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "time/step_s")
 
 
 def main(argv: list[str]) -> int:
-    import ray
+    import dataclasses
 
-    from rlplat import controller
-    from rlplat.actors.rollout import RolloutActor
     from rlplat.config import load_config
-    from rlplat.models import max_context_length
+    from rlplat.driver import loop
+    from rlplat.driver.experience import RolloutOptions, make_groups
+    from rlplat.driver.run_state import preflight
+    from rlplat.driver.workers import Workers, engine_options
 
     p = argparse.ArgumentParser(prog="rlplat bench demo")
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -27,7 +28,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", "experiment.name=bench-demo",
                                   *args.overrides])
-    result = controller.train(cfg, progress=False)
+    ensure_model(cfg.model.path)
+    result = loop.train(cfg, progress=False)
     skip = min(2, args.steps - 1)  # the first steps include warm-up
     rows = []
     for key in PHASES:
@@ -40,20 +42,21 @@ def main(argv: list[str]) -> int:
                                           result.history["time/step_s"], strict=True) if s > skip)
 
     # Raw vLLM on the same prompts: one engine, same options, generate only.
-    tokens, train_problems, _ = controller.preflight(cfg)
-    controller.init_ray(cfg)
-    actor = RolloutActor.remote(controller.engine_options(cfg, max_context_length(cfg.model.path)))
-    ray.get(actor.start.remote())
-    sampling = controller.rollout_sampling(cfg)
+    inputs = preflight(cfg)
+    one_engine = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, num_workers=1))
+    workers = Workers.start(one_engine, engine_options(cfg), with_learner=False)
+    sampling = RolloutOptions.from_spec(cfg).sampling
     raw = []
-    for rep in range(5):
-        problems = train_problems[rep * cfg.rollout.num_prompts_per_step:(rep + 1) * cfg.rollout.num_prompts_per_step]
-        groups = controller.make_groups(problems, tokens, cfg.rollout.num_samples_per_prompt, first_group_id=rep * 1000)
-        samples = [s for g in groups for s in g.samples]
-        t0 = time.perf_counter()
-        out = ray.get(actor.generate.remote(samples, sampling, 0))
-        raw.append(sum(s.num_response_tokens for s in out) / (time.perf_counter() - t0))
-    ray.get(actor.shutdown.remote())
+    try:
+        for rep in range(5):
+            n = cfg.rollout.num_prompts_per_step
+            groups = make_groups(inputs.train_problems[rep * n:(rep + 1) * n], inputs.tokens,
+                                 cfg.rollout.num_samples_per_prompt, first_group_id=rep * 1000)
+            t0 = time.perf_counter()
+            out = workers.generate(groups, sampling, 0)
+            raw.append(sum(g.num_response_tokens for g in out) / (time.perf_counter() - t0))
+    finally:
+        workers.shutdown()
     raw_tps = statistics.median(raw[1:])
 
     print(f"\nrlplat bench demo: {args.steps} steps of {cfg.rollout.num_prompts_per_step} prompts x "

@@ -8,7 +8,7 @@ the filler steps that keep EnvPool's batches full once most episodes have ended 
 parsing cost from the cost of episodes ending at different times. `text_async_steps_per_s` is the text layer
 with batch_size = num_envs / 4, which needs fewer fillers but more recv() calls.
 
-Training (headline): a few steps of `--spec` (configs/envpool_cartpole.yaml) through `controller.train`, with the
+Training (headline): a few steps of `--spec` (configs/envpool_cartpole.yaml) through `driver.loop.train`, with the
 real vLLM engine and learner; the share of a training step spent in env + render + parse (+ tokenising
 observations) is sum(time/env_s) / sum(time/step_s) over the steps after the first (warm-up). The random-policy
 return of the spec's env (random valid replies, same turn and token budgets) is printed next to the run's returns.
@@ -28,12 +28,11 @@ from collections.abc import Callable
 import envpool
 import numpy as np
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import emit_headline, ensure_model, print_table
 from rlplat.config import RunConfig
-from rlplat.envs.agent_loop import episode_budget, episode_format, make_episode_env, play_episodes
-from rlplat.envs.registry import make_text_env
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import FinishReason, Sample
+from rlplat.envs.agent_loop import episode_budget, episode_format, play_episodes
+from rlplat.envs.registry import make_episode_env, make_text_env
+from rlplat.types import FinishReason, Sample, SamplingOptions
 
 
 def bench_raw(task_id: str, num_envs: int, seconds: float) -> float:
@@ -88,7 +87,7 @@ class RandomReplies:
 
 def random_return(cfg: RunConfig, replies: tuple[str, ...], num_episodes: int, seed: int = 0) -> dict[str, float]:
     """Episode metrics of random valid replies in the spec's env, with its budgets and tokenizer (no model)."""
-    from rlplat.controller import Tokens
+    from rlplat.driver.experience import Tokens
     from rlplat.models import max_context_length
 
     tokens = Tokens(cfg.model.path)
@@ -105,10 +104,10 @@ def random_return(cfg: RunConfig, replies: tuple[str, ...], num_episodes: int, s
 
 
 def train_share(cfg: RunConfig) -> tuple[float, dict[str, list[tuple[int, float]]]]:
-    """Run `cfg` through controller.train; (env share of step time after the first step, the run's history)."""
-    from rlplat import controller
+    """Run `cfg` through loop.train; (env share of step time after the first step, the run's history)."""
+    from rlplat.driver import loop
 
-    history = controller.train(cfg, progress=False).history
+    history = loop.train(cfg, progress=False).history
     env_s = [v for step, v in history["time/env_s"] if step > 1]
     step_s = [v for step, v in history["time/step_s"] if step > 1]
     return sum(env_s) / sum(step_s), history
@@ -143,6 +142,7 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(args.spec, [f"experiment.num_steps={args.train_steps}", "experiment.name=bench-envs",
                                   *args.overrides])
+    ensure_model(cfg.model.path)
     rand = random_return(cfg, _replies(cfg.env.task_id, cfg.env.renderer), num_episodes=1024)
     share, history = train_share(cfg)
     returns = [v for _, v in history["env/episode_return_mean"]]

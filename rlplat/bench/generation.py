@@ -14,12 +14,12 @@ import asyncio
 import statistics
 import time
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import emit_headline, ensure_model, print_table
 
 
 async def _throughput(options, num_samples: int, max_new_tokens: int, reps: int) -> list[float]:
-    from rlplat.rollout.engine import RolloutEngine, SamplingOptions
-    from rlplat.types import Sample
+    from rlplat.rollout.engine import RolloutEngine
+    from rlplat.types import Sample, SamplingOptions
 
     engine = RolloutEngine(options)
     await engine.start()
@@ -43,8 +43,7 @@ def main(argv: list[str]) -> int:
     import dataclasses
 
     from rlplat.config import load_config
-    from rlplat.controller import engine_options
-    from rlplat.models import max_context_length
+    from rlplat.driver.workers import engine_options
 
     p = argparse.ArgumentParser(prog="rlplat bench generation", description=__doc__.splitlines()[0])
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -55,7 +54,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.spec, args.overrides)
-    base = dataclasses.replace(engine_options(cfg, max_context_length(cfg.model.path)),
+    ensure_model(cfg.model.path)
+    base = dataclasses.replace(engine_options(cfg),
                                max_num_seqs=max(cfg.rollout.max_num_seqs, args.num_samples))
     rows, rate = [], {}
     for interval in args.intervals:

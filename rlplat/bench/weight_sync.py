@@ -18,12 +18,9 @@ from rlplat.bench.common import emit_headline, print_table
 
 
 def main(argv: list[str]) -> int:
-    import ray
-
-    from rlplat import controller
-    from rlplat.actors.placement_group import reserve
     from rlplat.config import load_config
-    from rlplat.models import TinyModelShape, max_context_length, write_tiny_model
+    from rlplat.driver.workers import Workers, engine_options, init_ray, plan_for_cluster
+    from rlplat.models import TinyModelShape, write_tiny_model
 
     p = argparse.ArgumentParser(prog="rlplat bench weight_sync", description=__doc__.splitlines()[0])
     p.add_argument("--spec", default="configs/demo.yaml")
@@ -46,25 +43,22 @@ def main(argv: list[str]) -> int:
         extra = ["placement.colocate=true", "rollout.num_workers=1"] if mode == "ipc" else []
         cfg = load_config(args.spec, [f"model.path={learner_model}", "cluster.address=local", *args.overrides,
                                       *extra, f"placement.weight_sync={mode}", f"experiment.output_dir={work / mode}"])
-        controller.init_ray(cfg)
-        plan = controller.plan_for_cluster(cfg)
-        pg = reserve(plan, cfg.placement.placement_timeout_s)
-        workers = controller.start_workers(cfg, max_context_length(cfg.model.path), plan, pg,
-                                           engine_model_path=str(engine_model))  # B until the first sync
+        init_ray(cfg)
+        plan = plan_for_cluster(cfg)
+        workers = Workers.start(cfg, engine_options(cfg, model_path=str(engine_model)))  # B until the first sync
         try:
             probe = list(range(1, 40))
-            before = controller.verify_sync(workers, probe)
-            controller.sync_weights(workers, 1)
-            after = controller.verify_sync(workers, probe)
+            before = workers.verify(probe)
+            workers.sync(1)
+            after = workers.verify(probe)
             times = []
             for i in range(args.syncs):
                 t0 = time.perf_counter()
-                controller.sync_weights(workers, i + 2)
+                workers.sync(i + 2)
                 times.append(time.perf_counter() - t0)
-            size = ray.get(workers.learner.weight_meta.remote())
-            num_bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in size)
+            num_bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in workers.weight_meta())
         finally:
-            controller.shutdown_workers(workers)  # also releases the placement group
+            workers.shutdown()  # also releases the placement group
         median[mode] = statistics.median(times)
         rows.append([mode, plan.describe().splitlines()[0].removeprefix("placement: "), num_bytes / 2**20,
                      median[mode], num_bytes / 2**30 / median[mode], before["sync/checksum_match"],

@@ -24,6 +24,7 @@ of `RECORD_MODULES`; nothing is unpickled. Checkpoints with a `driver.pkl` preda
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -62,6 +63,7 @@ RESUMABLE_KEYS = ("experiment.num_steps", "experiment.output_dir", "checkpoint."
                   "cluster.")
 # Modules whose dataclasses and enums a driver state may contain; nothing else is ever constructed when loading.
 RECORD_MODULES = ("rlplat.types", "rlplat.envs.agent_loop", "rlplat.envs.episode_april")
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 @dataclass
@@ -107,6 +109,8 @@ def to_json(obj: Any, where: str = "state") -> Any:
         return {"__record__": type(obj).__name__,
                 "fields": {f.name: to_json(getattr(obj, f.name), f"{where}.{f.name}") for f in dataclasses.fields(obj)}}
     if isinstance(obj, list):
+        if all(type(v) in _SCALARS for v in obj):  # token ids, log-probs: no per-item call (exact types: no enums)
+            return obj
         return [to_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
         return {"__tuple__": [to_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
@@ -127,6 +131,8 @@ def to_json(obj: Any, where: str = "state") -> Any:
 def from_json(data: Any, where: str = "state") -> Any:
     """The inverse of `to_json`. Builds only record types and enums of RECORD_MODULES; ValueError naming `where`."""
     if isinstance(data, list):
+        if all(type(v) in _SCALARS for v in data):
+            return data
         return [from_json(v, f"{where}[{i}]") for i, v in enumerate(data)]
     if not isinstance(data, dict):
         return data
@@ -167,6 +173,7 @@ def _record_type(name: Any, where: str) -> type:
     return types[name]
 
 
+@functools.cache
 def _record_types(*, envs: bool) -> dict[str, type]:
     """Dataclasses and enums defined in RECORD_MODULES (the env modules only if `envs`), by class name."""
     out: dict[str, type] = {"DriverState": DriverState}

@@ -28,7 +28,7 @@ def _checkpoint(learner: PolicyLearner, root: Path, step: int) -> Path:
 def test_checkpoint_becomes_the_learners_merged_weights(lora, tiny_model_dir: Path, tmp_path: Path) -> None:
     learner = PolicyLearner(str(tiny_model_dir), LearnerConfig(), AlgorithmConfig(), dtype="float32", seed=0, lora=lora)
     with torch.no_grad():  # move away from the base weights (LoRA B starts at 0, so merged == base otherwise)
-        for name, p in learner.model.named_parameters():
+        for p in learner.model.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     _checkpoint(learner, tmp_path / "checkpoints", 7)

@@ -231,10 +231,12 @@ def commit(root: Path, tmp: Path, state: DriverState, spec_yaml: str, *, keep_la
     _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
     _fsync_dir(tmp)
     final = root / f"step_{state.step:06d}"
+    replaced = root / f".tmp-replaced-{final.name}"  # a crash before the rmtree leaves it to `begin`'s cleanup
     if final.exists():  # this run, resumed from an earlier checkpoint, writes the same step again
-        shutil.rmtree(final)
+        final.rename(replaced)
     tmp.rename(final)
     _fsync_dir(root)
+    shutil.rmtree(replaced, ignore_errors=True)
     marker = root / f".{LATEST}.tmp"
     marker.write_text(final.name)
     marker.replace(root / LATEST)  # atomic on POSIX

@@ -84,6 +84,7 @@ def test_rewriting_the_same_step_replaces_it(tmp_path: Path) -> None:
     save(root, 2, spec="a: 1\n")
     save(root, 2, spec="a: 2\n")
     assert steps(root) == [2] and (root / "step_000002/spec.yaml").read_text() == "a: 2\n"
+    assert not list(root.glob(".tmp-*"))
 
 
 def test_latest_never_names_a_deleted_folder(tmp_path: Path) -> None:

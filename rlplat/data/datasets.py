@@ -243,6 +243,8 @@ def _read_records(path: Path, cache_dir: str | Path | None) -> list[dict[str, An
     except Exception as e:  # datasets/pyarrow raise many types; find the line ourselves for JSON
         if fmt == "json":
             _raise_bad_json_line(path)
+        if fmt == "parquet" and _parquet_rows(path) == 0:
+            raise ValueError(f"{path}: the dataset has no rows") from None
         raise ValueError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {_first_line(e)}") from None
     return ds.to_list()
 
@@ -272,6 +274,7 @@ def _raise_bad_json_line(path: Path) -> None:
             raise ValueError(f"{path}: JSON that `datasets` cannot read as rows (a list of objects, or "
                              "one object per line)")
         f.seek(0)
+        first_type: dict[str, tuple[str, int]] = {}  # column -> (JSON type, line) where it first had a value
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -281,8 +284,36 @@ def _raise_bad_json_line(path: Path) -> None:
                 raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(value, dict):
                 raise ValueError(f"{path} line {lineno}: expected a JSON object, got {type(value).__name__}")
-    raise ValueError(f"{path}: every line is a JSON object but `datasets` cannot combine them (a column with "
-                     "values of different types?)")
+            for key, v in value.items():
+                kind = _json_kind(v)
+                seen = first_type.setdefault(key, (kind, lineno))
+                if kind != "null" and seen[0] == "null":
+                    first_type[key] = (kind, lineno)
+                elif kind not in ("null", seen[0]):
+                    raise ValueError(f"{path} line {lineno}: column {key!r} is a {kind} here but a {seen[0]} on "
+                                     f"line {seen[1]}: one type per column")
+    if not first_type:
+        raise ValueError(f"{path}: the dataset has no rows")
+    raise ValueError(f"{path}: every line is a JSON object but `datasets` cannot combine them")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}[type(value)]
+
+
+def _parquet_rows(path: Path) -> int | None:
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # not a parquet file at all: the caller reports the original error
+        return None
 
 
 def _check_prompt(row: Row) -> None:

@@ -1,22 +1,27 @@
 """RolloutActor: one vLLM engine per actor (async actor: generation, abort and weight loads interleave).
 
 Ray restarts a killed RolloutActor (`max_restarts`); the new process starts its engine on the first call and
-reports `loaded_version() is None`, so the controller knows to push the current weights before it serves.
+reports `loaded_version() is None`, so the driver knows to push the current weights before it serves.
+With `log_file`, vLLM logs everything there and prints only unexpected warnings (rlplat/rollout/vllm_logs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import ray
 
 from rlplat.rollout.engine import EngineOptions, RolloutEngine
+from rlplat.rollout.vllm_logs import route_vllm_logs
 from rlplat.types import Sample, SamplingOptions
 
 
 @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
 class RolloutActor:
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, options: EngineOptions, log_file: str = "") -> None:
+        if log_file:
+            route_vllm_logs(Path(log_file), options.model_path)
         self.engine = RolloutEngine(options)
         self._starting: asyncio.Task | None = None
 

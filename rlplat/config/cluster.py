@@ -14,9 +14,12 @@ class ClusterConfig:
     num_cpus: int = 8  # logical CPUs for a local Ray (TransferQueue actors each ask for one)
     dashboard_host: str = "127.0.0.1"
     call_timeout_s: float = 600.0  # deadline for any one remote call (a generation batch, a train step, a sync)
+    # deadline for the engines to start (load the model, warm up): it grows with the model, unlike a call
+    start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         check(self.call_timeout_s > 0, "call_timeout_s must be > 0")
+        check(self.start_timeout_s > 0, "start_timeout_s must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -50,17 +50,17 @@ class Hung(TimeoutError):
     """A remote call passed its deadline: the actor is stopped, overloaded or deadlocked."""
 
 
-def hung(phase: str, timeout_s: float) -> Hung:
-    return Hung(f"{phase}: no answer within {timeout_s:g} s ({TIMEOUT_KEY}); the actor is hung, stopped or "
+def hung(phase: str, timeout_s: float, key: str = TIMEOUT_KEY) -> Hung:
+    return Hung(f"{phase}: no answer within {timeout_s:g} s ({key}); the actor is hung, stopped or "
                 f"starved of resources")
 
 
-def call(refs: Any, phase: str, timeout_s: float) -> Any:
-    """ray.get with a deadline: THE way this package waits for a remote call."""
+def call(refs: Any, phase: str, timeout_s: float, key: str = TIMEOUT_KEY) -> Any:
+    """ray.get with a deadline: THE way this package waits for a remote call. `key`: the spec key to raise."""
     try:
         return ray.get(refs, timeout=timeout_s)
     except GetTimeoutError:
-        raise hung(phase, timeout_s) from None
+        raise hung(phase, timeout_s, key) from None
 
 
 async def acall(ref: Any, phase: str, timeout_s: float) -> Any:
@@ -162,7 +162,8 @@ class Workers:
     @classmethod
     def start(cls, cfg: RunConfig, engine: EngineOptions, *, with_learner: bool = True) -> Workers:
         """Reserve the plan's GPUs, start the engines (and the learner and reward actor) and wait until the engines
-        are up. `engine.model_path` is what they serve until the first sync. Bad placement: ConfigError."""
+        are up. `engine.model_path` is what they serve until the first sync. Bad placement: ConfigError.
+        Engine i logs to output_dir/logs/engine_i.log; the console shows only its unexpected warnings."""
         init_ray(cfg)
         if not with_learner:  # engines only: with colocate the learner's slot costs no GPU
             cfg = dataclasses.replace(cfg, placement=dataclasses.replace(
@@ -175,7 +176,8 @@ class Workers:
         try:
             tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators find them
             workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg))
-                               .remote(engine) for i, slot in enumerate(plan.rollout)]
+                               .remote(engine, str((cfg.output_dir / "logs" / f"engine_{i}.log").resolve()))
+                               for i, slot in enumerate(plan.rollout)]
             if with_learner:
                 workers.learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
                     str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
@@ -183,7 +185,8 @@ class Workers:
             if with_learner and plan.reward is not None:
                 workers.reward = RewardActor.options(**actor_options(plan.reward, pg)).remote(
                     absolute_reward_paths(cfg.reward))
-            workers.call([w.start.remote() for w in workers.rollout], "engine start")
+            call([w.start.remote() for w in workers.rollout], "engine start", cfg.cluster.start_timeout_s,
+                 "cluster.start_timeout_s")
         except BaseException:
             workers.shutdown()
             raise

@@ -53,7 +53,7 @@ MANIFEST = "manifest.json"
 DRIVER_STATE = "driver.json"
 SPEC = "spec.yaml"
 LEARNER_STATE = "learner/learner_state.pt"  # written by rlplat.learners.state.save_learner_state
-REQUIRED_FILES = (DRIVER_STATE, SPEC, LEARNER_STATE)
+REQUIRED_FILES = (DRIVER_STATE, SPEC)  # the learner's files are listed as it wrote them
 LEGACY_STATE = "driver.pkl"  # the pickle format before manifests; refused
 FORMAT = 1
 STEP_DIR = re.compile(r"step_(\d+)")
@@ -225,8 +225,6 @@ def commit(root: Path, tmp: Path, state: DriverState, spec_yaml: str, *, keep_la
     (tmp / DRIVER_STATE).write_text(json.dumps(to_json(state)))
     (tmp / SPEC).write_text(spec_yaml)
     files = _digests(tmp, sorted(p for p in tmp.rglob("*") if p.is_file()), sync=True)
-    if missing := [f for f in REQUIRED_FILES if f not in files]:
-        raise RuntimeError(f"checkpoint of step {state.step} lacks {', '.join(missing)}; not committed")
     manifest = {"format": FORMAT, "step": state.step, "run_id": state.run_id, "files": files}
     _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
     _fsync_dir(tmp)
@@ -309,7 +307,7 @@ def verify(path: Path) -> dict[str, Any]:
     """Check every file of checkpoint `path` against its manifest; returns the manifest.
 
     Raises ValueError, one line naming the checkpoint and the file, when it predates the safe format, has no
-    manifest, lacks its driver state or learner state, or a file is missing, truncated or changed.
+    manifest, lacks its driver state, or a file is missing, truncated or changed.
     """
     manifest = _read_manifest(path)
     files: dict[str, Any] = manifest["files"]

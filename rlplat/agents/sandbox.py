@@ -219,9 +219,12 @@ class Sandbox:
         (rlimits, timeout and cleanup stay)."""
         if max_concurrency <= 0:
             raise ValueError(f"max_concurrency must be > 0, got {max_concurrency}")
+        tmp = os.path.realpath(tempfile.gettempdir())
         for p in hidden_paths:
-            if not os.path.isabs(p):
-                raise ValueError(f"hidden path {p!r} must be absolute")
+            if not os.path.isabs(p) or not os.path.isdir(p):
+                raise ValueError(f"hidden path {p!r} must be an absolute path to an existing directory")
+            if tmp == os.path.realpath(p) or tmp.startswith(os.path.realpath(p) + os.sep):
+                raise ValueError(f"hidden path {p!r} holds the sandbox's work dirs ({tmp}): hide something narrower")
         self.limits = limits
         self.python = python
         self.hidden_paths = tuple(os.path.realpath(p) for p in hidden_paths)
@@ -281,6 +284,8 @@ def default_sandbox() -> Sandbox:
 
 def _write_files(workdir: str, code: str, files: Mapping[str, str], uid: int | None) -> None:
     root = Path(workdir)
+    if "main.py" in files:
+        raise ValueError("sandbox file 'main.py' is the program itself: pass it as `code`")
     for name, text in {"main.py": code, **files}.items():
         path = (root / name).resolve()
         if root.resolve() not in path.parents:

@@ -32,7 +32,7 @@ import threading
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,6 @@ class ToolSet:
 
     tools: dict[str, Tool]
     max_output_chars: int = 4000
-    _threads: list[threading.Thread] = field(default_factory=list, repr=False)
 
     def schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.tools.values()]
@@ -95,7 +94,7 @@ class ToolSet:
             return self._error(call, f"bad arguments for {call.name}: {problem}")
         try:
             out = await asyncio.wait_for(self._invoke(tool, call.arguments), timeout=tool.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._error(call, f"tool {call.name} timed out after {tool.timeout_s:g} s")
         except Exception as e:  # a tool's own failure goes back to the model, the step goes on
             return self._error(call, f"tool {call.name} raised {type(e).__name__}: {e}")

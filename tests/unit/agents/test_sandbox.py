@@ -63,6 +63,8 @@ def test_stdin_args_and_files(sb: Sandbox) -> None:
     assert res.ok and res.stdout == "ABC ['-v', '7'] hello\n"
     with pytest.raises(ValueError, match="relative path"):
         sb.run_sync("pass", files={"../escape.txt": "x"})
+    with pytest.raises(ValueError, match="is the program itself"):
+        sb.run_sync("pass", files={"main.py": "x"})
 
 
 def test_environment_is_cleared(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,8 +239,10 @@ def test_bad_limits_and_options() -> None:
         SandboxLimits(timeout_s=0)
     with pytest.raises(ValueError, match="max_concurrency"):
         Sandbox(max_concurrency=0)
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(ValueError, match="absolute path to an existing directory"):
         Sandbox(hidden_paths=["relative/dir"])
+    with pytest.raises(ValueError, match="holds the sandbox's work dirs"):
+        Sandbox(hidden_paths=[tempfile.gettempdir()])
 
 
 def test_isolation_is_reported() -> None:

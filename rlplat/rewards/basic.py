@@ -56,7 +56,7 @@ class RewardInputs:
             raise ValueError(f"the reward needs the dataset column {name!r}, but the samples carry no dataset rows")
         missing = [i for i, row in enumerate(self.columns) if row.get(name) is None]
         if missing:
-            have = ", ".join(sorted(self.columns[missing[0]])) or "none"
+            have = ", ".join(sorted(k for k, v in self.columns[missing[0]].items() if v is not None)) or "none"
             raise ValueError(f"the reward needs the dataset column {name!r}, which sample {missing[0]}'s row lacks "
                              f"(its columns: {have})")
         return [row[name] for row in self.columns]

@@ -5,10 +5,13 @@ Contract of one execution (`Sandbox.run` / `Sandbox.run_sync`):
   2. A launcher (`python -I -S -c _LAUNCHER`, no preexec_fn: safe with threads) starts in a new session and
      process group with a cleared environment (PATH, HOME=TMPDIR=the work dir, LANG, a marker variable).
   3. Where the kernel allows it (`probe_isolation`): new network, PID and mount namespaces. No network at all
-     (only a down loopback), a private /proc, `hidden_paths` covered by empty read-only tmpfs mounts, and the
-     program is PID 1 of its namespace, so when it exits or is killed the kernel kills everything it started,
-     including children that left the process group with setsid(). It runs as an unprivileged uid, one per
-     pool slot (uid_base + slot), so RLIMIT_NPROC counts only that run's processes.
+     (only a down loopback); every host mount read-only; fresh size-capped tmpfs on /tmp (holding a copy of the
+     work dir), /var/tmp and /dev/shm, so nothing written survives the run; a private /proc; `hidden_paths`
+     covered by empty mounts; a directory holding the interpreter that others cannot traverse (/root with
+     pyenv) is covered too, with only the interpreter's directories bound back. The program is PID 1 of its
+     namespace, so when it exits or is killed the kernel kills everything it started, including children that
+     left the process group with setsid(). It runs as an unprivileged uid, one per pool slot
+     (uid_base + slot), so RLIMIT_NPROC counts only that run's processes and it cannot signal other runs.
   4. In the program's process: rlimits for CPU seconds, address space, file size, processes, open files.
   5. Reading stdout/stderr never blocks on a huge output: both are drained, and kept up to
      `max_output_bytes` each (the rest is counted, then dropped).
@@ -38,7 +41,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 MARKER_ENV = "RLPLAT_SANDBOX_RUN"
@@ -48,7 +51,7 @@ DEFAULT_UID_BASE = 1_500_000_000  # far above any uid that a passwd file or a su
 # Runs as the sandbox's first process (root where namespaces are on), stdlib only, no site import.
 # argv[1] is a JSON spec; fd spec["report_fd"] gets the host pid of the program when it runs in a PID namespace.
 _LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
+import ctypes, json, os, resource, shutil, signal, sys
 spec = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 def fail(msg):
@@ -63,6 +66,13 @@ if spec["namespaces"]:
     MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 1, 4096, 16384, 262144
     check(libc.unshare(NEWNET | NEWPID | NEWNS), "unshare(CLONE_NEWNET|CLONE_NEWPID|CLONE_NEWNS)")
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    workdir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # the staged files, before /tmp is covered
+    # every existing mount read-only (mount_setattr, AT_RECURSIVE, MOUNT_ATTR_RDONLY; Linux >= 5.12); the
+    # tmpfs mounts below are new, so they stay writable
+    attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)
+    rdonly = libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr))
+    if spec["require_readonly_root"]:
+        check(rdonly, "mount_setattr(/, MOUNT_ATTR_RDONLY)")
     for top, inner in spec["expose"]:
         # `top` is not traversable by the sandbox's uid (e.g. /root holding the interpreter): cover it with an
         # empty tmpfs and bind back only the directories the interpreter needs; the rest of `top` stays hidden.
@@ -75,6 +85,16 @@ if spec["namespaces"]:
     for p in spec["hidden_paths"]:
         check(libc.mount(b"tmpfs", p.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
                          b"size=4k,mode=555"), "hide " + p)
+    for d in spec["private_tmp"]:  # fresh, size-capped tmpfs: what the program writes vanishes with it
+        os.makedirs(d, exist_ok=True)
+        check(libc.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                         b"size=%d,mode=1777" % spec["disk_bytes"]), "private " + d)
+    shutil.copytree("/proc/self/fd/%d" % workdir_fd, spec["workdir"], dirs_exist_ok=True)
+    os.close(workdir_fd)
+    for root, dirs, files in os.walk(spec["workdir"]) if spec["uid"] is not None else ():
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            os.lchown(name, spec["uid"], spec["uid"])
+    os.chdir(spec["workdir"])
     pid = os.fork()
     if pid:
         os.write(report, (str(pid) + "\n").encode())
@@ -113,9 +133,11 @@ class SandboxLimits:
     max_processes: int = 32  # RLIMIT_NPROC for the sandbox's uid
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 64 << 10  # kept per stream (stdout, stderr)
+    disk_bytes: int = 64 << 20  # each private tmpfs (/tmp with the work dir, /var/tmp, /dev/shm); namespaces only
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_s", "memory_bytes", "file_size_bytes", "max_processes", "max_open_files"):
+        for name in ("timeout_s", "cpu_s", "memory_bytes", "file_size_bytes", "max_processes", "max_open_files",
+                     "disk_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be > 0, got {getattr(self, name)}")
         if self.max_output_bytes < 0:
@@ -126,13 +148,15 @@ class SandboxLimits:
 class Isolation:
     """What this machine lets the sandbox enforce beyond rlimits (found once by `probe_isolation`).
 
-    namespaces: new network + PID + mount namespaces (no network, private /proc, hidden paths, PID-1 cleanup).
-    uid_drop: programs run as uid_base + slot instead of the caller's uid (needs root).
+    namespaces: new network + PID + mount namespaces (no network, private /proc and /tmp, hidden paths,
+    PID-1 cleanup). uid_drop: programs run as uid_base + slot instead of the caller's uid (needs root).
+    readonly_root: every mount of the host is read-only inside (mount_setattr, Linux >= 5.12).
     reasons: why something is off, e.g. "unshare(...): Operation not permitted".
     """
 
     namespaces: bool
     uid_drop: bool
+    readonly_root: bool = False
     reasons: tuple[str, ...] = ()
 
 
@@ -165,33 +189,29 @@ class SandboxResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-def _run_probe(python: str, namespaces: bool, uid: int | None) -> tuple[bool, str]:
-    limits = SandboxLimits(timeout_s=10.0)
-    iso = Isolation(namespaces=namespaces, uid_drop=uid is not None)
-    res = _execute("print('ok')", python=python, limits=limits, isolation=iso, uid=uid, hidden_paths=(),
-                   stdin="", files={}, args=())
+def _run_probe(python: str, iso: Isolation, uid: int | None) -> str:
+    """'' when a trivial program runs under `iso`, else why not."""
+    res = _execute("print('ok')", python=python, limits=SandboxLimits(timeout_s=10.0), isolation=iso, uid=uid,
+                   hidden_paths=(), stdin="", files={}, args=())
     if res.stdout.strip() == "ok" and res.exit_code == 0:
-        return True, ""
-    return False, res.setup_error or (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
+        return ""
+    return res.setup_error or (res.stderr.strip().splitlines() or [f"exit {res.exit_code}"])[-1]
 
 
 @functools.cache
 def probe_isolation(python: str = sys.executable, uid_base: int = DEFAULT_UID_BASE) -> Isolation:
-    """Try namespaces and the uid drop once per (interpreter, uid_base); fall back step by step with a reason."""
+    """Try the strongest isolation first, once per (interpreter, uid_base); each step down records why."""
     reasons: list[str] = []
-    uid: int | None = uid_base if os.geteuid() == 0 else None
-    if uid is None:
+    uids: list[int | None] = [uid_base, None] if os.geteuid() == 0 else [None]
+    if os.geteuid() != 0:
         reasons.append("not root: programs run as the caller's uid (RLIMIT_NPROC then counts all its processes)")
-    for namespaces in (True, False):
-        ok, why = _run_probe(python, namespaces, uid)
-        if ok:
-            return Isolation(namespaces=namespaces, uid_drop=uid is not None, reasons=tuple(reasons))
-        reasons.append(f"{'namespaces' if namespaces else 'plain run'} with uid {uid}: {why}")
-        if not namespaces and uid is not None:  # e.g. the interpreter is not readable by an unprivileged uid
-            ok, why = _run_probe(python, False, None)
-            if ok:
-                return Isolation(namespaces=False, uid_drop=False, reasons=tuple(reasons))
-            reasons.append(f"plain run as the caller: {why}")
+    for uid in uids:
+        for namespaces, readonly_root in ((True, True), (True, False), (False, False)):
+            iso = Isolation(namespaces=namespaces, uid_drop=uid is not None, readonly_root=readonly_root)
+            why = _run_probe(python, iso, uid)
+            if not why:
+                return replace(iso, reasons=tuple(reasons))
+            reasons.append(f"namespaces={namespaces} readonly_root={readonly_root} uid={uid}: {why}")
     raise RuntimeError(f"the sandbox cannot run {python}: {'; '.join(reasons)}")
 
 
@@ -317,6 +337,12 @@ def _exposed_dirs(python: str) -> list[tuple[str, list[str]]]:
     return sorted(by_top.items())
 
 
+def _private_tmp_dirs() -> list[str]:
+    """World-writable scratch dirs that get a private tmpfs in the mount namespace (the work dir's root first)."""
+    dirs = {os.path.realpath(tempfile.gettempdir()), "/tmp", "/var/tmp", "/dev/shm"}
+    return sorted(d for d in dirs if os.path.isdir(d))
+
+
 def _rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[str, int]]:
     nproc = limits.max_processes
     if uid is None:  # RLIMIT_NPROC counts every task of the uid, so allow what the caller already runs
@@ -348,6 +374,8 @@ def _execute(
                MARKER_ENV: marker}
         expose = _exposed_dirs(python) if isolation.namespaces and uid is not None else []
         spec = {"namespaces": isolation.namespaces, "hidden_paths": list(hidden_paths), "uid": uid, "expose": expose,
+                "workdir": workdir, "private_tmp": _private_tmp_dirs(), "disk_bytes": limits.disk_bytes,
+                "require_readonly_root": isolation.readonly_root,
                 "report_fd": report_w, "rlimits": _rlimits(limits, uid),
                 "argv": [python, "-I", "main.py", *args]}
         with tempfile.TemporaryFile() as stdin_file:

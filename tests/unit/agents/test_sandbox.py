@@ -195,12 +195,15 @@ def test_cannot_signal_its_parent_or_the_host() -> None:
 
 @needs_namespaces
 def test_hidden_paths_are_not_readable() -> None:
-    run_dir = tempfile.mkdtemp(prefix="rlplat-test-run-")
+    # a world-readable "run output dir" outside /tmp (/tmp is private in the sandbox anyway)
+    run_dir = tempfile.mkdtemp(prefix=".sandbox-test-run-", dir=Path(__file__).parent)
     try:
         os.chmod(run_dir, 0o755)
         Path(run_dir, "secret.txt").write_text("api-key")
         os.chmod(Path(run_dir, "secret.txt"), 0o644)
         code = f"import os\nprint(os.listdir({run_dir!r}))\nprint(open({run_dir!r} + '/secret.txt').read())"
+        with Sandbox(max_concurrency=1, limits=FAST) as sandbox:
+            assert sandbox.run_sync(code).stdout == "['secret.txt']\napi-key\n"  # readable when not hidden
         with Sandbox(max_concurrency=1, limits=FAST, hidden_paths=[run_dir]) as sandbox:
             res = sandbox.run_sync(code)
         assert res.stdout == "[]\n" and "FileNotFoundError" in res.stderr
@@ -214,8 +217,30 @@ def test_runs_unprivileged_and_cannot_write_outside() -> None:
     code = "import os\nprint(os.getuid())\nopen('/etc/rlplat-sandbox-test', 'w')"
     with Sandbox(max_concurrency=1, limits=FAST) as sandbox:
         res = sandbox.run_sync(code)
-    assert int(res.stdout) >= 1_000_000 and "PermissionError" in res.stderr
+    assert int(res.stdout) >= 1_000_000
+    assert ("Read-only file system" if ISO.readonly_root else "PermissionError") in res.stderr
     assert not Path("/etc/rlplat-sandbox-test").exists()
+
+
+@needs_namespaces
+def test_scratch_dirs_are_private_and_capped() -> None:
+    name = f"rlplat-sandbox-test-{uuid.uuid4().hex}"
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/tmp')) == [os.path.basename(os.getcwd())])  # only its own work dir\n"
+        f"for d in ('/tmp', '/var/tmp', '/dev/shm'):\n"
+        f"    open(os.path.join(d, '{name}'), 'w').write('x')\n"
+        "try:\n"
+        "    for i in range(8):\n"
+        "        open(f'f{i}', 'wb').write(b'0' * (1 << 20))\n"
+        "except OSError as e:\n"
+        "    print(e.strerror)\n"
+    )
+    limits = SandboxLimits(timeout_s=2.0, file_size_bytes=1 << 20, disk_bytes=3 << 20)
+    with Sandbox(max_concurrency=1, limits=limits) as sandbox:
+        res = sandbox.run_sync(code)
+    assert res.ok and res.stdout == "True\nNo space left on device\n", res.stderr
+    assert not any(Path(d, name).exists() for d in ("/tmp", "/var/tmp", "/dev/shm"))
 
 
 def test_pool_bounds_concurrency() -> None:

@@ -2,13 +2,13 @@
 
 A prompt is a plain string or a list of chat messages ({"role", "content"}). Which path it takes:
 
-| prompt        | apply_chat_template | tokenizer has a template | ids from                                          |
-|---------------|---------------------|--------------------------|---------------------------------------------------|
-| message list  | auto / always       | yes                      | apply_chat_template(messages, add_generation_prompt) |
-| message list  | any                 | no (or mode "never")     | ValueError: a message list needs a chat template  |
-| string        | auto / always       | yes                      | the string as one user message, through the template |
-| string        | auto / never        | no / any                 | tokenizer(text, add_special_tokens=False)          |
-| string        | always              | no                       | ValueError                                        |
+| prompt       | apply_chat_template | tokenizer has a template | ids from                                      |
+|--------------|---------------------|--------------------------|-----------------------------------------------|
+| message list | auto / always       | yes                      | chat template + generation prompt             |
+| message list | any                 | no (or mode "never")     | ValueError: a message list needs a template   |
+| string       | auto / always       | yes                      | the string as one user message, as above      |
+| string       | auto / never        | no / any                 | tokenizer(text, add_special_tokens=False)     |
+| string       | always              | no                       | ValueError                                    |
 
 `system_prompt` is prepended as a system message (a row whose messages already start with a system message
 keeps its own); without a template there is no system role, so a system prompt is an error there.

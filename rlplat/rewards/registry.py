@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -59,7 +59,8 @@ def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 
         return BUILTIN_REWARDS[name]
     path, sep, func = name.rpartition(":")
     if not sep or not path.endswith(".py"):
-        raise ValueError(f"unknown reward {name!r}: use one of {', '.join(BUILTIN_REWARDS)} or path/to/file.py:function")
+        raise ValueError(f"unknown reward {name!r}: use one of {', '.join(BUILTIN_REWARDS)} or "
+                         "path/to/file.py:function")
     if not Path(path).is_file():
         raise ValueError(f"reward {name!r}: file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"rlplat_user_reward_{Path(path).stem}", path)

@@ -72,3 +72,11 @@ def test_bad_arguments(correct: torch.Tensor, n: int, k: int, match: str) -> Non
 def test_mean_at_k_needs_k_samples() -> None:
     with pytest.raises(ValueError, match="1 <= k <= n"):
         mean_at_k(torch.zeros(2, 3), 4)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import rlplat.algos.pass_at_k as module
+
+    assert doctest.testmod(module).failed == 0

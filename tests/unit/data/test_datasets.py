@@ -157,7 +157,8 @@ def test_empty_parquet(tmp_path: Path) -> None:
 def test_dataset_dict_directory_asks_for_a_split(tmp_path: Path) -> None:
     import datasets
 
-    d = datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": datasets.Dataset.from_list(RECORDS)})
+    split = datasets.Dataset.from_list(RECORDS)
+    d = datasets.DatasetDict({"train": split, "test": split})
     d.save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(ValueError, match=r"holds several splits \(test, train\): name one, e.g. .*dd/test"):
         _load([tmp_path / "dd"], tmp_path)
@@ -247,3 +248,12 @@ def test_cursor_bad_arguments() -> None:
         EpochCursor(3, seed=0, position=4)
     with pytest.raises(ValueError, match="n >= 0"):
         EpochCursor(3, seed=0).take(-1)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import rlplat.data.chat as chat
+    import rlplat.data.datasets as datasets_module
+
+    assert doctest.testmod(datasets_module).failed == 0 and doctest.testmod(chat).failed == 0

@@ -135,3 +135,12 @@ def test_check_reward_columns(names: list[str], columns: set[str], error: str | 
 def test_check_user_reward_columns(user_file: str) -> None:
     with pytest.raises(ValueError, match=r"col_rewards.py:matches_target' needs the column 'target', which the data"):
         check_reward_columns([f"{user_file}:matches_target"], {"answer"})
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import rlplat.rewards.basic as basic
+    import rlplat.rewards.registry as registry
+
+    assert doctest.testmod(registry).failed == 0 and doctest.testmod(basic).failed == 0

@@ -1,4 +1,4 @@
-"""`rlplat train|eval|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
+"""`rlplat train|eval|data|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  rlplat model tiny models/tiny                        write the demo's tiny model\n"
+               "  rlplat model tiny models/chat --tokenizer bpe        a tiny chat model (byte-level BPE, ChatML)\n"
+               "  rlplat data countdown data/countdown --n 2000        write data/countdown/{train,test}.jsonl\n"
                "  rlplat train configs/demo.yaml experiment.num_steps=20\n"
                "  rlplat train configs/demo.yaml --dry-run             print the resolved spec and placement\n"
                "  rlplat eval configs/demo.yaml --checkpoint outputs/demo/checkpoints\n"

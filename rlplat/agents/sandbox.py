@@ -64,7 +64,14 @@ report = spec["report_fd"]
 if spec["namespaces"]:
     NEWNET, NEWPID, NEWNS = 0x40000000, 0x20000000, 0x00020000
     MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 1, 4096, 16384, 262144
-    check(libc.unshare(NEWNET | NEWPID | NEWNS), "unshare(CLONE_NEWNET|CLONE_NEWPID|CLONE_NEWNS)")
+    NEWUSER = 0x10000000 if spec["userns"] else 0
+    check(libc.unshare(NEWUSER | NEWNET | NEWPID | NEWNS), "unshare(CLONE_NEWNET|CLONE_NEWPID|CLONE_NEWNS%s)"
+          % ("|CLONE_NEWUSER" if NEWUSER else ""))
+    if NEWUSER:  # keep the caller's uid and gid inside; the launcher holds capabilities only in its namespace
+        for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (os.getuid(), os.getuid())),
+                           ("gid_map", "%d %d 1" % (os.getgid(), os.getgid()))):
+            with open("/proc/self/" + name, "w") as f:
+                f.write(text)
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     workdir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # the staged files, before /tmp is covered
     # every existing mount read-only (mount_setattr, AT_RECURSIVE, MOUNT_ATTR_RDONLY; Linux >= 5.12); the
@@ -151,12 +158,15 @@ class Isolation:
     namespaces: new network + PID + mount namespaces (no network, private /proc and /tmp, hidden paths,
     PID-1 cleanup). uid_drop: programs run as uid_base + slot instead of the caller's uid (needs root).
     readonly_root: every mount of the host is read-only inside (mount_setattr, Linux >= 5.12).
+    userns: the namespaces hang off a new user namespace (how a caller without root gets them; the program
+    keeps the caller's uid, and RLIMIT_NPROC counts only the processes of that namespace).
     reasons: why something is off, e.g. "unshare(...): Operation not permitted".
     """
 
     namespaces: bool
     uid_drop: bool
     readonly_root: bool = False
+    userns: bool = False
     reasons: tuple[str, ...] = ()
 
 
@@ -204,14 +214,17 @@ def probe_isolation(python: str = sys.executable, uid_base: int = DEFAULT_UID_BA
     reasons: list[str] = []
     uids: list[int | None] = [uid_base, None] if os.geteuid() == 0 else [None]
     if os.geteuid() != 0:
-        reasons.append("not root: programs run as the caller's uid (RLIMIT_NPROC then counts all its processes)")
+        reasons.append("not root: programs keep the caller's uid")
     for uid in uids:
+        userns = uid is None  # root creates the namespaces directly; anyone else through a user namespace
         for namespaces, readonly_root in ((True, True), (True, False), (False, False)):
-            iso = Isolation(namespaces=namespaces, uid_drop=uid is not None, readonly_root=readonly_root)
+            iso = Isolation(namespaces=namespaces, uid_drop=uid is not None, readonly_root=readonly_root,
+                            userns=userns and namespaces)
             why = _run_probe(python, iso, uid)
             if not why:
                 return replace(iso, reasons=tuple(reasons))
-            reasons.append(f"namespaces={namespaces} readonly_root={readonly_root} uid={uid}: {why}")
+            reasons.append(f"namespaces={namespaces} userns={iso.userns} readonly_root={readonly_root} "
+                           f"uid={uid}: {why}")
     raise RuntimeError(f"the sandbox cannot run {python}: {'; '.join(reasons)}")
 
 
@@ -343,9 +356,9 @@ def _private_tmp_dirs() -> list[str]:
     return sorted(d for d in dirs if os.path.isdir(d))
 
 
-def _rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[str, int]]:
+def _rlimits(limits: SandboxLimits, uid: int | None, userns: bool) -> list[tuple[str, int]]:
     nproc = limits.max_processes
-    if uid is None:  # RLIMIT_NPROC counts every task of the uid, so allow what the caller already runs
+    if uid is None and not userns:  # RLIMIT_NPROC counts every task of the uid, so allow what the caller already runs
         nproc += _count_tasks_of_uid(os.getuid())
     return [("RLIMIT_CPU", limits.cpu_s), ("RLIMIT_AS", limits.memory_bytes),
             ("RLIMIT_FSIZE", limits.file_size_bytes), ("RLIMIT_NPROC", nproc),
@@ -375,8 +388,8 @@ def _execute(
         expose = _exposed_dirs(python) if isolation.namespaces and uid is not None else []
         spec = {"namespaces": isolation.namespaces, "hidden_paths": list(hidden_paths), "uid": uid, "expose": expose,
                 "workdir": workdir, "private_tmp": _private_tmp_dirs(), "disk_bytes": limits.disk_bytes,
-                "require_readonly_root": isolation.readonly_root,
-                "report_fd": report_w, "rlimits": _rlimits(limits, uid),
+                "require_readonly_root": isolation.readonly_root, "userns": isolation.userns,
+                "report_fd": report_w, "rlimits": _rlimits(limits, uid, isolation.userns),
                 "argv": [python, "-I", "main.py", *args]}
         with tempfile.TemporaryFile() as stdin_file:
             stdin_file.write(stdin.encode())

@@ -4,8 +4,10 @@ limit, leave no process behind (checked in the host's /proc by a token in the co
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -241,6 +243,37 @@ def test_scratch_dirs_are_private_and_capped() -> None:
         res = sandbox.run_sync(code)
     assert res.ok and res.stdout == "True\nNo space left on device\n", res.stderr
     assert not any(Path(d, name).exists() for d in ("/tmp", "/var/tmp", "/dev/shm"))
+
+
+UNPRIVILEGED_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from rlplat.agents.sandbox import Sandbox, SandboxLimits, probe_isolation
+iso = probe_isolation(sys.executable)
+with Sandbox(max_concurrency=1, limits=SandboxLimits(timeout_s=1.5, max_processes=16)) as sb:
+    bomb = sb.run_sync("import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n"
+                       "        print('limit', flush=True)\\n        break")
+    net = sb.run_sync("import socket\\nsocket.create_connection(('1.1.1.1', 80), timeout=1)")
+print(json.dumps({"userns": iso.userns, "namespaces": iso.namespaces, "reasons": iso.reasons,
+                  "bomb_limited": "limit" in bomb.stdout, "bomb_wall_s": bomb.wall_s,
+                  "net_blocked": "Network is unreachable" in net.stderr}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root, setpriv and /usr/bin/python3 to act as an unprivileged caller")
+def test_unprivileged_caller() -> None:
+    """A caller without root: a user namespace where the kernel allows one, else rlimits counted per uid."""
+    repo = str(Path(__file__).resolve().parents[3])
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I",
+                           "-c", UNPRIVILEGED_SCRIPT, repo], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    print(got, file=sys.stderr)
+    assert got["bomb_limited"] and got["bomb_wall_s"] < 3.0
+    assert got["net_blocked"] == got["namespaces"]
+    if Path("/proc/sys/user/max_user_namespaces").read_text().strip() != "0":
+        assert got["userns"], got["reasons"]
 
 
 def test_pool_bounds_concurrency() -> None:

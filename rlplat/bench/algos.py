@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from rlplat.bench.common import emit_headline, ensure_model, print_table
+from rlplat.bench.common import LOCAL_RAY, emit_headline, ensure_model, print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = {"grpo": "grpo.yaml", "ppo": "ppo.yaml", "remix_grpo": "remix_grpo.yaml", "remix_ppo": "remix_ppo.yaml"}
@@ -47,8 +47,8 @@ def run_algorithm(name: str, spec: str, args: argparse.Namespace) -> dict[str, o
     from rlplat.driver import loop
 
     out = Path(args.out) / name
-    # cluster.address=local: one local Ray for every run (never attach to someone else's cluster from a benchmark)
-    overrides = ["cluster.address=local", f"experiment.num_steps={args.steps}", f"model.path={args.model}",
+    # one local Ray for every run (never attach to someone else's cluster from a benchmark)
+    overrides = [LOCAL_RAY, f"experiment.num_steps={args.steps}", f"model.path={args.model}",
                  f"experiment.output_dir={out}", "tracking.experiment_name=rlplat-bench-algos",
                  f"tracking.log_samples_every_steps={args.steps}", f"experiment.seed={args.seed}",
                  "rollout.reproducible_sampling=true", *args.override]

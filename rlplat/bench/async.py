@@ -24,7 +24,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from rlplat.bench.common import emit_headline, ensure_model, print_table
+from rlplat.bench.common import LOCAL_RAY, OVERRIDES_HELP, emit_headline, ensure_model, print_table
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--staleness", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run each mode once per experiment.seed (default: the spec's seed, one run per mode)")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     args = p.parse_args(argv)
     modes: list[tuple[str, list[str]]] = [("sync", ["data.store.enabled=false"])]
     modes += [(f"async k={k}", ["data.store.enabled=true", f"data.store.max_staleness={k}"]) for k in args.staleness]
@@ -47,8 +47,8 @@ def main(argv: list[str]) -> int:
         for seed in seeds:
             run_name = "bench-async-" + name.replace(" ", "").replace("=", "") + ("" if seed is None else f"-s{seed}")
             seed_override = [] if seed is None else [f"experiment.seed={seed}"]
-            cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", f"experiment.name={run_name}",
-                                          *extra, *args.overrides, *seed_override])
+            cfg = load_config(args.spec, [LOCAL_RAY, f"experiment.num_steps={args.steps}",
+                                          f"experiment.name={run_name}", *extra, *args.overrides, *seed_override])
             ensure_model(cfg.model.path)
             history = loop.train(cfg, progress=False).history
             runs.setdefault(name, []).append(summarize_run(history, cfg.num_samples_per_step))

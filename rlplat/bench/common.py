@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DEMO_MODEL = Path("models/tiny")  # what `make demo` and `python -m rlplat model tiny models/tiny` write
+# Put before the user's overrides: a bench measures a Ray of its own, never one someone else runs on this machine.
+LOCAL_RAY = "cluster.address=local"
+OVERRIDES_HELP = "spec overrides a.b=value (a bench starts its own local Ray; cluster.address=auto attaches to a " \
+                 "running cluster instead)"
 
 # While a list, emit_headline keeps its line here instead of printing it: `headline_last` prints it at the very end.
 _held_headlines: list[str] | None = None

@@ -7,7 +7,7 @@ import argparse
 import statistics
 import time
 
-from rlplat.bench.common import emit_headline, ensure_model, print_table
+from rlplat.bench.common import LOCAL_RAY, OVERRIDES_HELP, emit_headline, ensure_model, print_table
 
 PHASES = ("time/rollout_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "time/step_s")
 
@@ -24,9 +24,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlplat bench demo")
     p.add_argument("--spec", default="configs/demo.yaml")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     args = p.parse_args(argv)
-    cfg = load_config(args.spec, [f"experiment.num_steps={args.steps}", "experiment.name=bench-demo",
+    cfg = load_config(args.spec, [LOCAL_RAY, f"experiment.num_steps={args.steps}", "experiment.name=bench-demo",
                                   *args.overrides])
     ensure_model(cfg.model.path)
     result = loop.train(cfg, progress=False)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import envpool
 import numpy as np
 
-from rlplat.bench.common import emit_headline, ensure_model, print_table
+from rlplat.bench.common import LOCAL_RAY, OVERRIDES_HELP, emit_headline, ensure_model, print_table
 from rlplat.config import RunConfig
 from rlplat.envs.agent_loop import episode_budget, episode_format, play_episodes
 from rlplat.envs.registry import make_episode_env, make_text_env
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--spec", default="configs/envpool_cartpole.yaml", help="spec of the training measurement")
     parser.add_argument("--train-steps", type=int, default=4, help="training steps to time (the first is warm-up)")
     parser.add_argument("--no-train", action="store_true", help="env throughput only (headline: raw/text ratio)")
-    parser.add_argument("overrides", nargs="*", help="overrides of the spec, e.g. model.path=models/tiny")
+    parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*precision lowered.*")  # gymnasium on EnvPool's float64 bounds
     ratio_at_64 = _throughput_table(args)
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
 
     from rlplat.config import load_config
 
-    cfg = load_config(args.spec, [f"experiment.num_steps={args.train_steps}", "experiment.name=bench-envs",
+    cfg = load_config(args.spec, [LOCAL_RAY, f"experiment.num_steps={args.train_steps}", "experiment.name=bench-envs",
                                   *args.overrides])
     ensure_model(cfg.model.path)
     rand = random_return(cfg, _replies(cfg.env.task_id, cfg.env.renderer), num_episodes=1024)

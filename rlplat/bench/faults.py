@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlplat.bench.common import emit_headline, ensure_model, print_table
+from rlplat.bench.common import LOCAL_RAY, emit_headline, ensure_model, print_table
 
 if TYPE_CHECKING:
     from rlplat.driver.workers import Workers
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
     model = ensure_model(args.model, write_if_missing=True)
-    cfg = load_config(SPEC, [f"model.path={model}", "cluster.address=local", "rollout.num_workers=1",
+    cfg = load_config(SPEC, [f"model.path={model}", LOCAL_RAY, "rollout.num_workers=1",
                              "placement.weight_sync=bytes", "experiment.output_dir=outputs/bench_faults"])
     t0 = time.perf_counter()
     workers = Workers.start(cfg, engine_options(cfg))

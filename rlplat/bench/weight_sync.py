@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlplat.bench.common import emit_headline, print_table
+from rlplat.bench.common import LOCAL_RAY, OVERRIDES_HELP, emit_headline, print_table
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--num-heads", type=int, default=2)
     p.add_argument("--intermediate-size", type=int, default=256)
-    p.add_argument("overrides", nargs="*", help="spec overrides, e.g. model.dtype=bfloat16")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="rlplat-bench-sync-"))
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     rows, median = [], {}
     for mode in args.modes:
         extra = ["placement.colocate=true", "rollout.num_workers=1"] if mode == "ipc" else []
-        cfg = load_config(args.spec, [f"model.path={learner_model}", "cluster.address=local", *args.overrides,
+        cfg = load_config(args.spec, [f"model.path={learner_model}", LOCAL_RAY, *args.overrides,
                                       *extra, f"placement.weight_sync={mode}", f"experiment.output_dir={work / mode}"])
         init_ray(cfg)
         plan = plan_for_cluster(cfg)

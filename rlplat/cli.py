@@ -240,8 +240,13 @@ def _data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_command == "digits":
-            splits = generators.digit_splits(args.task, num_train=args.n, num_test=args.n_test,
-                                             num_digits=args.num_digits, seed=args.seed)
+            from rlplat.envs.tasks import make_split
+
+            if args.n < 1 or args.n_test < 0:
+                raise ValueError(f"need --n >= 1 and --n-test >= 0, got {args.n} and {args.n_test}")
+            splits = {name: generators.records_from_problems(make_split(
+                args.task, num_digits=args.num_digits, num_prompts=num, seed=args.seed, split=split)) if num else []
+                for name, split, num in (("train", "train", args.n), ("test", "eval", args.n_test))}
         else:
             make = {"countdown": generators.countdown_splits, "arithmetic": generators.arithmetic_splits}
             splits = make[args.data_command](num_train=args.n, num_test=args.n_test, seed=args.seed)

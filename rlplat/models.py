@@ -99,6 +99,16 @@ def build_bpe_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512):  # -> 
     return tokenizer
 
 
+def default_corpus(*, num_per_task: int = 200, seed: int = 0) -> list[str]:
+    """Text of the built-in tasks: countdown and arithmetic (rlplat.data.generators) and the digit tasks."""
+    from rlplat.data.generators import corpus_texts
+    from rlplat.envs.tasks import TASKS, make_split
+
+    digits = [p.prompt + p.answer for task in TASKS
+              for p in make_split(task, num_digits=4, num_prompts=num_per_task // 4, seed=seed, split="train")]
+    return corpus_texts(num_per_task=num_per_task, seed=seed) + digits
+
+
 def read_corpus(path: str | Path) -> list[str]:
     """The non-empty lines of a UTF-8 text file, for build_bpe_tokenizer; ValueError if none."""
     p = Path(path)
@@ -116,7 +126,7 @@ def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None
     """Write a randomly initialised tiny Qwen2 model + tokenizer to `out_dir` and return the path.
 
     tokenizer "char": one token per character, no chat template (the digit tasks). "bpe": byte-level BPE trained
-    on `corpus` (default: rlplat.data.generators.corpus_texts, the task generators' text) with a ChatML template,
+    on `corpus` (default: `default_corpus()`, the built-in tasks' text) with a ChatML template,
     so chat-message prompts run exactly as they do for Qwen or Llama.
     """
     import torch
@@ -128,11 +138,7 @@ def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None
     if tokenizer == "char":
         tok = build_char_tokenizer()
     elif tokenizer == "bpe":
-        if corpus is None:
-            from rlplat.data.generators import corpus_texts
-
-            corpus = corpus_texts()
-        tok = build_bpe_tokenizer(corpus, vocab_size=vocab_size)
+        tok = build_bpe_tokenizer(default_corpus() if corpus is None else corpus, vocab_size=vocab_size)
     else:
         raise ValueError(f"tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
     out = Path(out_dir)

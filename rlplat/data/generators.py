@@ -8,21 +8,19 @@ problem. The tasks:
   tags, for an SFT warm start). Every problem is solvable with all of its numbers. Reward: `countdown`.
 - arithmetic: GSM8K-like `question` / `answer`: a short word problem and a worked answer ending in `#### N`.
   Reward: `math_verify` (reads the number after `####`). Load with prompt_key: question.
-- digits: the built-in copy/reverse/add tasks of rlplat.envs.tasks (`prompt`, `answer`), as files or, through
-  `digit_rows`, as in-memory rows behind the same interface. Reward: `digit_accuracy` or `exact_match`.
+- digits: the built-in copy/reverse/add tasks of rlplat.envs.tasks (`prompt`, `answer`). data/ does not import
+  its sibling envs/, so the caller (cli, driver) passes the problems of `make_split` to `records_from_problems`;
+  the records are written as files (`rlplat data digits`) or kept in memory through
+  `rlplat.data.datasets.rows_from_records`, behind the same interface. Reward: `digit_accuracy` or `exact_match`.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Any
-
-from rlplat.data.datasets import Row, rows_from_records
-from rlplat.envs.tasks import TASKS as DIGIT_TASKS
-from rlplat.envs.tasks import make_split
+from typing import Any, Protocol
 
 Record = dict[str, Any]
 FORMATS = ("jsonl", "parquet")
@@ -121,22 +119,24 @@ def arithmetic_splits(*, num_train: int, num_test: int, seed: int, **kwargs: Any
                          num_train=num_train, num_test=num_test, seed=seed)
 
 
-def digit_splits(task: str, *, num_train: int, num_test: int, num_digits: int = 4,
-                 seed: int = 0) -> dict[str, list[Record]]:
-    """The built-in digit task's train and eval splits (rlplat.envs.tasks.make_split) as records."""
-    if task not in DIGIT_TASKS:
-        raise ValueError(f"unknown digit task {task!r} (valid: {', '.join(DIGIT_TASKS)})")
-    train = make_split(task, num_digits=num_digits, num_prompts=num_train, seed=seed, split="train")
-    test = make_split(task, num_digits=num_digits, num_prompts=num_test, seed=seed, split="eval") if num_test else []
-    return {"train": [{"prompt": p.prompt, "answer": p.answer} for p in train],
-            "test": [{"prompt": p.prompt, "answer": p.answer} for p in test]}
+class PromptAnswer(Protocol):
+    """A generated problem with a text prompt and answer, e.g. rlplat.envs.tasks.Problem."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def answer(self) -> str: ...
 
 
-def digit_rows(task: str, *, num_prompts: int, num_digits: int = 4, seed: int = 0, split: str = "train") -> list[Row]:
-    """The digit task as in-memory rows, the same interface as `load_rows` on a file (split: train or eval)."""
-    problems = make_split(task, num_digits=num_digits, num_prompts=num_prompts, seed=seed, split=split)
-    return rows_from_records([{"prompt": p.prompt, "answer": p.answer} for p in problems],
-                             source=f"digits:{task}:{split}")
+def records_from_problems(problems: Iterable[PromptAnswer]) -> list[Record]:
+    """{"prompt", "answer"} records of problems such as the digit tasks' (rlplat.envs.tasks.make_split).
+
+    >>> from types import SimpleNamespace
+    >>> records_from_problems([SimpleNamespace(prompt="cp:12=", answer="12")])
+    [{'prompt': 'cp:12=', 'answer': '12'}]
+    """
+    return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
 def write_records(path: str | Path, records: list[Record]) -> Path:
@@ -165,7 +165,8 @@ def write_splits(out_dir: str | Path, splits: dict[str, list[Record]], *, fmt: s
 
 
 def corpus_texts(*, num_per_task: int = 200, seed: int = 0) -> list[str]:
-    """Text of every generator's prompts and answers: the default corpus the tiny BPE tokenizer is trained on."""
+    """Text of the countdown and arithmetic generators' prompts and answers, and the ChatML role names: with the
+    digit tasks' text (added by rlplat.models), the default corpus of the tiny BPE tokenizer."""
     rng = random.Random(seed)
     texts: list[str] = ["system\nYou are a helpful assistant.", "user\n", "assistant\n"] * 20  # ChatML roles
     for _ in range(num_per_task):
@@ -173,7 +174,4 @@ def corpus_texts(*, num_per_task: int = 200, seed: int = 0) -> list[str]:
         texts += [cd["prompt"][0]["content"], f"<think> {cd['solution']} = {cd['target']} </think> {cd['response']}"]
         ar = arithmetic_problem(rng)
         texts += [ar["question"], ar["answer"]]
-    for task in DIGIT_TASKS:
-        texts += [r["prompt"] + r["answer"] for r in digit_splits(task, num_train=num_per_task // 4, num_test=0,
-                                                                   seed=seed)["train"]]
     return texts

@@ -8,7 +8,8 @@ import pytest
 
 from rlplat.data.chat import render_prompt, render_prompt_text, render_prompts
 from rlplat.data.datasets import Row, rows_from_records, tokenize_prompts
-from rlplat.data.generators import digit_rows
+from rlplat.data.generators import records_from_problems
+from rlplat.envs.tasks import make_split
 from rlplat.models import TinyModelShape, build_char_tokenizer, write_tiny_model
 
 SHAPE = TinyModelShape(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64)
@@ -128,7 +129,8 @@ def test_bad_budget_arguments(char) -> None:
 
 
 def test_digit_task_rows_behind_the_same_interface(char) -> None:
-    rows = digit_rows("reverse", num_prompts=5, num_digits=3, seed=1)
+    problems = make_split("reverse", num_digits=3, num_prompts=5, seed=1, split="train")
+    rows = rows_from_records(records_from_problems(problems), source="digits:reverse:train")
     out = tokenize_prompts(rows, char)
     assert len(out) == 5 and rows[0].source == "digits:reverse:train"
     for row, ids in zip(out.rows, out.prompt_token_ids, strict=True):

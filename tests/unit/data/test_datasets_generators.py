@@ -1,4 +1,4 @@
-"""Offline task generators (countdown, arithmetic, digits): seeded, solvable, split without overlap, written as
+"""Offline task generators (countdown, arithmetic, digit records): seeded, solvable, split without overlap, written as
 jsonl or parquet that load_rows reads back, and `rlplat data ...`."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rlplat.data.generators import (
     corpus_texts,
     countdown_problem,
     countdown_splits,
-    digit_splits,
+    records_from_problems,
     unique_splits,
     write_records,
     write_splits,
@@ -64,13 +64,9 @@ def test_too_few_distinct_problems_is_an_error() -> None:
         arithmetic_splits(num_train=0, num_test=1, seed=0)
 
 
-def test_digit_splits_are_the_built_in_tasks() -> None:
-    splits = digit_splits("add", num_train=6, num_test=3, num_digits=2, seed=5)
-    want = make_split("add", num_digits=2, num_prompts=6, seed=5, split="train")
-    assert splits["train"] == [{"prompt": p.prompt, "answer": p.answer} for p in want]
-    assert not {r["prompt"] for r in splits["train"]} & {r["prompt"] for r in splits["test"]}
-    with pytest.raises(ValueError, match="unknown digit task 'sort'"):
-        digit_splits("sort", num_train=1, num_test=0)
+def test_digit_tasks_become_records() -> None:
+    problems = make_split("add", num_digits=2, num_prompts=6, seed=5, split="train")
+    assert records_from_problems(problems) == [{"prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -92,7 +88,10 @@ def test_write_needs_a_known_format(tmp_path: Path) -> None:
 
 
 def test_corpus_covers_every_task_and_the_chat_roles() -> None:
-    text = "\n".join(corpus_texts(num_per_task=8))
+    from rlplat.models import default_corpus
+
+    assert set(corpus_texts(num_per_task=8)) <= set(default_corpus(num_per_task=8))
+    text = "\n".join(default_corpus(num_per_task=8))
     for piece in ("Using the numbers", "<answer>", "####", "cp:", "rev:", "add:", "assistant"):
         assert piece in text
 
@@ -106,7 +105,11 @@ def test_cli_data_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert sorted(p.name for p in (tmp_path / "ar").iterdir()) == ["train.parquet"]  # no empty test split
     rows = load_rows([tmp_path / "ar" / "train.parquet"], prompt_key="question", cache_dir=tmp_path / "c")
     assert len(rows) == 5 and "####" in rows[0].columns["answer"]
-    digits = load_rows([tmp_path / "dg" / "test.jsonl"], cache_dir=tmp_path / "c")
-    assert all(r.prompt.startswith("rev:") and len(r.columns["answer"]) == 3 for r in digits)
+    digits = load_rows([tmp_path / "dg" / "train.jsonl", tmp_path / "dg" / "test.jsonl"], cache_dir=tmp_path / "c")
+    assert [(r.prompt, r.columns["answer"]) for r in digits] == [
+        (p.prompt, p.answer) for split, n in (("train", 4), ("eval", 100))
+        for p in make_split("reverse", num_digits=3, num_prompts=n, seed=0, split=split)]
     assert main(["data", "countdown", str(tmp_path / "bad"), "--n", "0"]) == 2
     assert "num_train >= 1" in capsys.readouterr().err
+    assert main(["data", "digits", str(tmp_path / "bad"), "--n-test", "-1"]) == 2
+    assert "need --n >= 1 and --n-test >= 0" in capsys.readouterr().err

@@ -281,13 +281,15 @@ class Sandbox:
         """Queue one execution on the pool; the future never raises for anything the program does."""
         return self._pool.submit(self._run_in_slot, code, stdin, dict(files or {}), tuple(args), limits or self.limits)
 
-    def run_sync(self, code: str, **kwargs: object) -> SandboxResult:
+    def run_sync(self, code: str, *, stdin: str = "", files: Mapping[str, str] | None = None,
+                 args: Sequence[str] = (), limits: SandboxLimits | None = None) -> SandboxResult:
         """`submit(...)` and wait: for threads and scripts (e.g. a reward function)."""
-        return self.submit(code, **kwargs).result()  # type: ignore[arg-type]
+        return self.submit(code, stdin=stdin, files=files, args=args, limits=limits).result()
 
-    async def run(self, code: str, **kwargs: object) -> SandboxResult:
+    async def run(self, code: str, *, stdin: str = "", files: Mapping[str, str] | None = None,
+                  args: Sequence[str] = (), limits: SandboxLimits | None = None) -> SandboxResult:
         """Run `code` without blocking the event loop; same arguments as `submit`."""
-        return await asyncio.wrap_future(self.submit(code, **kwargs))  # type: ignore[arg-type]
+        return await asyncio.wrap_future(self.submit(code, stdin=stdin, files=files, args=args, limits=limits))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -3,7 +3,8 @@
 Contract of one execution (`Sandbox.run` / `Sandbox.run_sync`):
   1. A new temporary working directory holds `main.py` (the code) and any extra files; it is removed afterwards.
   2. A launcher (`python -I -S -c _LAUNCHER`, no preexec_fn: safe with threads) starts in a new session and
-     process group with a cleared environment (PATH, HOME=TMPDIR=the work dir, LANG, a marker variable).
+     process group with a cleared environment (PATH, HOME=TMPDIR=the work dir, LANG, one BLAS/OpenMP thread,
+     a marker variable).
   3. Where the kernel allows it (`probe_isolation`): new network, PID and mount namespaces. No network at all
      (only a down loopback); every host mount read-only; fresh size-capped tmpfs on /tmp (holding a copy of the
      work dir), /var/tmp and /dev/shm, so nothing written survives the run; a private /proc; `hidden_paths`
@@ -47,6 +48,8 @@ from pathlib import Path
 MARKER_ENV = "RLPLAT_SANDBOX_RUN"
 SETUP_FAILED_EXIT = 125  # the launcher could not set up isolation; the program never ran
 DEFAULT_UID_BASE = 1_500_000_000  # far above any uid that a passwd file or a subuid range hands out
+# BLAS/OpenMP start a thread per core on import; on a 128-core node that alone exceeds RLIMIT_NPROC
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Runs as the sandbox's first process (root where namespaces are on), stdlib only, no site import.
 # argv[1] is a JSON spec; fd spec["report_fd"] gets the host pid of the program when it runs in a PID namespace.
@@ -386,7 +389,7 @@ def _execute(
     try:
         _write_files(workdir, code, files, uid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-               MARKER_ENV: marker}
+               MARKER_ENV: marker, **_ONE_THREAD}
         expose = _exposed_dirs(python) if isolation.namespaces and uid is not None else []
         spec = {"namespaces": isolation.namespaces, "hidden_paths": list(hidden_paths), "uid": uid, "expose": expose,
                 "workdir": workdir, "private_tmp": _private_tmp_dirs(), "disk_bytes": limits.disk_bytes,

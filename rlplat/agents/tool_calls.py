@@ -6,6 +6,8 @@ Formats, by name in `TOOL_CALL_PARSERS` (the spec picks one; a new model family 
           `<tool_call>{"name": "...", "arguments": {...}}</tool_call>`; the text outside the tags is the turn's
           content. "parameters" is accepted for "arguments" (Llama 3 style), and arguments given as a JSON
           string holding an object are decoded; a call without arguments has {}.
+  llama3_json: Llama 3.1 / 3.2 JSON tool calls: the whole turn is `{"name": ..., "parameters": {...}}`
+          (several separated by ";"), optionally after `<|python_tag|>`.
 """
 
 from __future__ import annotations
@@ -92,13 +94,20 @@ def parse_hermes(text: str) -> ParsedTurn:
     return ParsedTurn(content=content.strip(), calls=calls, errors=errors)
 
 
+_EXPECTED = 'expected {"name": ..., "arguments": {...}}'
+
+
 def _hermes_json(body: str, i: int) -> tuple[str, dict[str, Any]] | str:
     """(name, arguments), or the error message for the model."""
-    expected = 'expected {"name": ..., "arguments": {...}}'
     try:
         obj = json.loads(body)
     except json.JSONDecodeError as e:
-        return f"tool call {i} is not valid JSON ({e.msg} at char {e.pos}): {expected}"
+        return f"tool call {i} is not valid JSON ({e.msg} at char {e.pos}): {_EXPECTED}"
+    return _call_fields(obj, i)
+
+
+def _call_fields(obj: Any, i: int) -> tuple[str, dict[str, Any]] | str:
+    expected = _EXPECTED
     if not isinstance(obj, dict):
         return f"tool call {i} is a JSON {type(obj).__name__}, not an object: {expected}"
     name = obj.get("name")
@@ -119,7 +128,44 @@ def _error(message: str, raw: str, call_id: str) -> ToolCallError:
     return ToolCallError(message=message, raw=raw[:_RAW_CHARS_KEPT], id=call_id)
 
 
-TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {"hermes": parse_hermes}
+_DECODER = json.JSONDecoder()
+
+
+def parse_llama3_json(text: str) -> ParsedTurn:
+    """Llama 3.1/3.2 JSON tool calls: the whole turn (after an optional `<|python_tag|>`) is one JSON object
+    `{"name": ..., "parameters": {...}}`, or several separated by ";". A turn that does not start with "{" is
+    plain content.
+
+    >>> t = parse_llama3_json('{"name": "calculator", "parameters": {"expression": "2+2"}}; {"name": "python"')
+    >>> [(c.name, c.arguments) for c in t.calls], t.errors[0].message.split(":")[0]
+    ([('calculator', {'expression': '2+2'})], "tool call 1 is not valid JSON (Expecting ',' delimiter at char 17)")
+    """
+    body = text.strip().removeprefix("<|python_tag|>").strip()
+    if not body.startswith("{"):
+        return ParsedTurn(content=text.strip())
+    calls: list[ToolCall] = []
+    errors: list[ToolCallError] = []
+    pos, i = 0, 0
+    while pos < len(body):
+        try:
+            obj, end = _DECODER.raw_decode(body, pos)
+        except json.JSONDecodeError as e:
+            errors.append(_error(f"tool call {i} is not valid JSON ({e.msg} at char {e.pos - pos}): {_EXPECTED}",
+                                 body[pos:], f"call_{i}"))
+            break
+        result = _call_fields(obj, i)
+        if isinstance(result, str):
+            errors.append(_error(result, body[pos:end], f"call_{i}"))
+        else:
+            calls.append(ToolCall(name=result[0], arguments=result[1], id=f"call_{i}"))
+        i += 1
+        pos = end
+        while pos < len(body) and (body[pos].isspace() or body[pos] == ";"):
+            pos += 1
+    return ParsedTurn(content="", calls=calls, errors=errors)
+
+
+TOOL_CALL_PARSERS: dict[str, ToolCallParser] = {"hermes": parse_hermes, "llama3_json": parse_llama3_json}
 
 
 def get_parser(name: str) -> ToolCallParser:

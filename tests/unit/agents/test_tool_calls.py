@@ -78,3 +78,17 @@ def test_parsers_by_name() -> None:
     assert get_parser("hermes") is parse_hermes and "hermes" in TOOL_CALL_PARSERS
     with pytest.raises(ValueError, match="unknown tool-call format 'xml'.*hermes"):
         get_parser("xml")
+
+
+@pytest.mark.parametrize(("text", "calls", "num_errors", "content"), [
+    ('{"name": "calculator", "parameters": {"expression": "2+2"}}', [("calculator", {"expression": "2+2"})], 0, ""),
+    ('<|python_tag|>{"name": "a", "parameters": {"s": "x;y"}}; {"name": "b"}', [("a", {"s": "x;y"}), ("b", {})], 0,
+     ""),
+    ('{"name": "a", "parameters": {}}; {"name": ', [("a", {})], 1, ""),
+    ('{"parameters": {}}', [], 1, ""),
+    ("The answer is 4.", [], 0, "The answer is 4."),
+])
+def test_llama3_json(text: str, calls: list[tuple[str, dict[str, object]]], num_errors: int, content: str) -> None:
+    turn = get_parser("llama3_json")(text)
+    assert [(c.name, c.arguments) for c in turn.calls] == calls
+    assert len(turn.errors) == num_errors and turn.content == content

@@ -132,7 +132,8 @@ def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shape = shape or TinyModelShape()
+    # Chat prompts with a template are longer than the digit tasks' (a countdown prompt is ~120 BPE tokens).
+    shape = shape or TinyModelShape(max_position_embeddings=512 if tokenizer == "bpe" else 128)
     if shape.hidden_size // shape.num_heads < 32:
         raise ValueError(f"head_dim {shape.hidden_size // shape.num_heads} < 32: vLLM's CPU attention rejects it")
     if tokenizer == "char":

@@ -9,6 +9,7 @@ What the driver calls, in order, before any actor starts (each bad input is a on
 2. `tokenize_prompts(rows, tokenizer, ...)` -> TokenizedPrompts: each prompt rendered by rlplat.data.chat
    (chat template with the generation prompt, or plain text), prompts over `max_prompt_tokens` dropped and
    counted, or an error naming file and row; all dropped is an error.
+   (`load_prompts` does 1 and 2 in one call.)
 3. `EpochCursor(num_rows, seed=...)`: row indices in epochs, reshuffled per epoch from (seed, epoch); `state()`
    is a small JSON-able dict for the checkpoint and `EpochCursor.from_state` continues with the next unseen row.
 Also `common_columns(rows)`: the columns every row has, to check rewards' needs (rlplat.rewards.registry).
@@ -159,6 +160,16 @@ def tokenize_prompts(rows: Sequence[Row], tokenizer: Any, *, system_prompt: str 
         raise ValueError(f"all {len(rows)} prompts of {sources} are over max_prompt_tokens {max_prompt_tokens} "
                          f"(the shortest has {shortest_dropped} tokens)")
     return TokenizedPrompts(rows=kept_rows, prompt_token_ids=kept_ids, num_dropped=len(rows) - len(kept_rows))
+
+
+def load_prompts(files: Sequence[str | Path], tokenizer: Any, *, prompt_key: str = "prompt",
+                 system_prompt: str | None = None, apply_chat_template: ChatTemplateMode = "auto",
+                 max_prompt_tokens: int | None = None, on_overlong: OnOverlong = "drop",
+                 cache_dir: str | Path | None = None) -> TokenizedPrompts:
+    """load_rows then tokenize_prompts: the spec's `data` section in one call, every check before any actor."""
+    rows = load_rows(files, prompt_key=prompt_key, cache_dir=cache_dir)
+    return tokenize_prompts(rows, tokenizer, system_prompt=system_prompt, apply_chat_template=apply_chat_template,
+                            max_prompt_tokens=max_prompt_tokens, on_overlong=on_overlong)
 
 
 class EpochCursor:

@@ -139,9 +139,12 @@ def test_digit_task_rows_behind_the_same_interface(char) -> None:
 
 
 def test_from_file_through_the_chat_path(tmp_path: Path, bpe) -> None:
-    from rlplat.data.datasets import load_rows
+    from rlplat.data.datasets import load_prompts
 
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5"}\n')
-    out = tokenize_prompts(load_rows([path], cache_dir=tmp_path / "c"), bpe)
-    assert out.prompt_token_ids == [render_prompt(USER, bpe)] and out.rows[0].columns == {"answer": "5"}
+    path.write_text('{"question": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5"}\n'
+                    '{"question": [{"role": "user", "content": "' + "long " * 100 + '"}], "answer": "6"}\n')
+    out = load_prompts([path], bpe, prompt_key="question", system_prompt="Be brief.", max_prompt_tokens=40,
+                       cache_dir=tmp_path / "c")
+    assert out.prompt_token_ids == [render_prompt(USER, bpe, system_prompt="Be brief.")] and out.num_dropped == 1
+    assert out.rows[0].columns == {"answer": "5"}

@@ -123,7 +123,8 @@ def tokenize_prompts(rows: Sequence[Row], tokenizer: Any, *, system_prompt: str 
 
     A prompt longer than max_prompt_tokens is dropped and counted (on_overlong="drop") or stops the run with a
     ValueError naming its file and row (on_overlong="error"); if every prompt is too long that is an error
-    too. ValueError as well for a message list without a chat template (naming the first such row).
+    too. ValueError as well for a message list without a chat template, or a prompt that encodes to the
+    tokenizer's unknown token (naming the first such row).
     """
     if on_overlong not in ("drop", "error"):
         raise ValueError(f"on_overlong must be 'drop' or 'error', got {on_overlong!r}")
@@ -142,11 +143,17 @@ def tokenize_prompts(rows: Sequence[Row], tokenizer: Any, *, system_prompt: str 
     kept_rows: list[Row] = []
     kept_ids: list[list[int]] = []
     shortest_dropped = 0
+    # A prompt that encodes to the unknown token lost text silently (the char tokenizer has no space, for one).
+    unk = getattr(tokenizer, "unk_token_id", None)
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start:start + chunk_size]
         ids = render_prompts([r.prompt for r in chunk], tokenizer, system_prompt=system_prompt,
                              apply_chat_template=apply_chat_template)
         for row, row_ids in zip(chunk, ids, strict=True):
+            if unk is not None and unk in row_ids:
+                raise ValueError(f"{row.where}: the prompt has characters the tokenizer does not know (they encode "
+                                 f"as its unknown token {tokenizer.unk_token!r}); the char tokenizer knows only "
+                                 "digits, letters and punctuation: use `rlplat model tiny --tokenizer bpe`")
             if max_prompt_tokens is not None and len(row_ids) > max_prompt_tokens:
                 if on_overlong == "error":
                     raise ValueError(f"{row.where}: prompt has {len(row_ids)} tokens > max_prompt_tokens "

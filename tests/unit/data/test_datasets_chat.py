@@ -121,6 +121,12 @@ def test_message_row_without_a_template_names_the_row(char) -> None:
         tokenize_prompts(_rows("cp:1=", USER), char)
 
 
+def test_characters_the_tokenizer_does_not_know_name_the_row(char) -> None:
+    with pytest.raises(ValueError, match=r"^d.jsonl row 2: the prompt has characters the tokenizer does not know "
+                                         r"\(they encode as its unknown token '<pad>'\)"):
+        tokenize_prompts(_rows("cp:1=", "What is 2 + 3?"), char)
+
+
 def test_bad_budget_arguments(char) -> None:
     with pytest.raises(ValueError, match="on_overlong must be 'drop' or 'error'"):
         tokenize_prompts(_rows("a"), char, on_overlong="truncate")  # type: ignore[arg-type]

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory (same MLflow run)")
+    t.add_argument("--start-over", action="store_true",
+                   help="move an earlier run's checkpoints in the output directory aside "
+                        "(checkpoints.earlier-TIME) and start at step 1")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a saved policy and log an MLflow evaluation run",
@@ -138,8 +141,16 @@ def _train(args: argparse.Namespace) -> int:
         from rlplat.driver import loop, run_state
 
         run_state.preflight(cfg)
+        if args.resume and args.start_over:
+            raise ConfigError("--resume and --start-over exclude each other")
         if args.resume:
             run_state.find_checkpoint(cfg, required=True)
+        if args.start_over:
+            from rlplat import checkpoint as ck
+
+            moved = ck.move_aside(ck.checkpoint_root(cfg.output_dir))
+            if moved:
+                print(f"moved the earlier checkpoints to {moved}")
     except ConfigError as e:
         return _bad_input(e)
     _quiet_logs()

@@ -51,6 +51,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
 
     inputs = rs.preflight(cfg)
     resumed = rs.find_checkpoint(cfg, required=resume) if resume or cfg.checkpoint.resume == "auto" else None
+    if resumed is None:
+        rs.check_fresh_start(cfg)
     rs.prepare_output_dir(cfg)
     init_ray(cfg)
     tracker = Tracker(cfg, run_id=resumed[1].run_id if resumed else None, tags=rs.run_tags())

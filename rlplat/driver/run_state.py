@@ -12,7 +12,6 @@ import logging
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rlplat import checkpoint as ck
 from rlplat.config import ConfigError, RunConfig, dump_yaml, to_dict
@@ -110,16 +109,30 @@ Resumed = tuple[Path, ck.DriverState]
 
 
 def find_checkpoint(cfg: RunConfig, *, required: bool) -> Resumed | None:
-    """The latest checkpoint to resume from; ConfigError when none exists (if required) or the spec changed."""
-    path = ck.latest(ck.checkpoint_root(cfg.output_dir))
-    if path is None:
+    """The newest intact checkpoint to resume from (a damaged newer one is skipped with a warning); ConfigError when
+    there is none (if required), when every checkpoint is damaged, or when the spec changed."""
+    root = ck.checkpoint_root(cfg.output_dir)
+    try:
+        found = ck.find_resumable(root)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if found is None:
         if required:
-            raise ConfigError(f"--resume: no checkpoint in {ck.checkpoint_root(cfg.output_dir)}")
+            raise ConfigError(f"--resume: no checkpoint in {root}")
         return None
-    diffs = ck.spec_differences((path / "spec.yaml").read_text(), to_dict(cfg))
+    path, state, _ = found
+    diffs = ck.spec_differences((path / ck.SPEC).read_text(), to_dict(cfg))
     if diffs:
         raise ConfigError(f"cannot resume from {path}: the spec differs in {', '.join(diffs)}")
-    return path, ck.load_driver_state(path)
+    return path, state
+
+
+def check_fresh_start(cfg: RunConfig) -> None:
+    """A run that does not resume must not write over (and prune among) an earlier run's checkpoints."""
+    try:
+        ck.check_fresh_start(ck.checkpoint_root(cfg.output_dir))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
@@ -163,25 +176,9 @@ def resume_hint(cfg: RunConfig) -> str:
 
 
 def save_unscored(output_dir: Path, step: int, groups: list[Group]) -> Path:
-    """A step's generated groups as JSON lines when scoring them failed, so no generated work is lost."""
-    path = output_dir / "unscored" / f"step_{step:06d}.jsonl"
+    """A step's generated groups as JSON (the checkpoint's record format) when scoring them failed, so no
+    generated work is lost; `rlplat.checkpoint.from_json` reads them back."""
+    path = output_dir / "unscored" / f"step_{step:06d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for g in groups:
-            for s in g.samples:
-                f.write(json.dumps(_plain(s)) + "\n")
+    path.write_text(json.dumps(ck.to_json(groups)))
     return path
-
-
-def _plain(record: Any) -> Any:
-    """A dataclass record as JSON-able values (enums by value)."""
-    import dataclasses
-    import enum
-
-    if dataclasses.is_dataclass(record):
-        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
-    if isinstance(record, enum.Enum):
-        return record.value
-    if isinstance(record, list | tuple):
-        return [_plain(v) for v in record]
-    return record

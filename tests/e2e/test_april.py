@@ -14,8 +14,7 @@ import asyncio
 import pytest
 
 from rlplat.models import TinyModelShape, write_tiny_model
-from rlplat.rollout.engine import SamplingOptions
-from rlplat.types import Group, Sample
+from rlplat.types import Group, Sample, SamplingOptions
 from tests.conftest import ROOT, smoke_overrides, started_rollout_actor
 
 pytestmark = pytest.mark.slow
@@ -46,7 +45,7 @@ def _perturbed_weights(model_dir, scale: float = 0.2) -> bytes:
     import torch
     from safetensors.torch import load_file
 
-    from rlplat.rollout.weight_sync import state_dict_to_bytes
+    from rlplat.weights import state_dict_to_bytes
 
     gen = torch.Generator().manual_seed(7)
     sd = load_file(str(model_dir / "model.safetensors"))

@@ -150,7 +150,7 @@ def _new_weights(model_dir: Path, seed: int) -> bytes:
     import torch
     from safetensors.torch import load_file
 
-    from rlplat.rollout.weight_sync import state_dict_to_bytes
+    from rlplat.weights import state_dict_to_bytes
 
     gen = torch.Generator().manual_seed(seed)
     sd = load_file(str(model_dir / "model.safetensors"))

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from rlplat.bench.common import emit_headline, print_table
 from rlplat.rollout.april_manager import AprilManager
-from rlplat.rollout.engine import EngineOptions, RolloutEngine, SamplingOptions
-from rlplat.types import Group, Sample
+from rlplat.rollout.engine import EngineOptions, RolloutEngine
+from rlplat.types import Group, Sample, SamplingOptions
 
 PROMPT_LEN = 8
 CONTEXT = 512
@@ -76,11 +76,24 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read when vllm is first imported (engine start)
     if args.num_engines < 1 or args.num_groups < 1 or args.group_size < 1 or args.over_provision < 1:
         parser.error("--num-engines, --num-groups, --group-size must be >= 1 and --over-provision >= 1")
+    if args.model:
+        _check_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else _tiny_model(Path(tmp))
         sync, april = asyncio.run(_run(args, model))
     _report(args, sync, april)
     return 0
+
+
+def _check_model(path: str) -> None:
+    """A --model that is not a local model directory is bad input (one line), never a hub request."""
+    from rlplat.config import ConfigError
+    from rlplat.models import check_model_dir
+
+    try:
+        check_model_dir(path)
+    except ValueError as e:
+        raise ConfigError(f"--model: {e}") from None
 
 
 def _tiny_model(tmp: Path) -> Path:
@@ -116,7 +129,7 @@ class PromptStream:
 async def _run(args: argparse.Namespace, model: Path) -> tuple[ModeTotals, ModeTotals]:
     from safetensors.torch import load_file
 
-    from rlplat.rollout.weight_sync import state_dict_to_bytes
+    from rlplat.weights import state_dict_to_bytes
 
     context = PROMPT_LEN + args.max_new_tokens + 8
     engines = [RolloutEngine(EngineOptions(model_path=str(model), max_model_len=max(context, 64), seed=args.seed + i))

@@ -15,6 +15,7 @@ One module per area, each section checking its own values; `run.RunConfig` holds
     env.py         env:                    EnvConfig
     cluster.py     cluster:, placement:    ClusterConfig, PlacementConfig
     experiment.py  experiment:, tracking:, checkpoint:   ExperimentConfig, TrackingConfig, CheckpointConfig
+    sft.py         sft:                    SftConfig (`rlplat sft`, the warm start before RL)
     run.py         the whole spec          RunConfig (cross-section rules, derived sizes)
     loader.py      YAML -> RunConfig       load_config, build, to_dict, flatten, dump_yaml
     errors.py                              ConfigError
@@ -37,6 +38,7 @@ from rlplat.config.model import LearnerConfig, LoraConfig, ModelConfig
 from rlplat.config.reward import RewardConfig, RewardTerm
 from rlplat.config.rollout import PartialRolloutConfig, RolloutConfig
 from rlplat.config.run import RunConfig
+from rlplat.config.sft import SftConfig
 
 __all__ = [
     "AlgorithmConfig",
@@ -60,6 +62,7 @@ __all__ = [
     "RewardTerm",
     "RolloutConfig",
     "RunConfig",
+    "SftConfig",
     "StoreConfig",
     "TrackingConfig",
     "build",

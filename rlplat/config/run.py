@@ -19,6 +19,7 @@ from rlplat.config.experiment import CheckpointConfig, ExperimentConfig, Trackin
 from rlplat.config.model import LearnerConfig, ModelConfig
 from rlplat.config.reward import RewardConfig
 from rlplat.config.rollout import RolloutConfig
+from rlplat.config.sft import SftConfig
 
 ENV_RETURN = "env_return"  # the reward term that reads an episode's return (rlplat.rewards)
 
@@ -38,6 +39,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # task_id empty: no env, the `data` prompt task
+    sft: SftConfig = field(default_factory=SftConfig)  # `rlplat sft SPEC` only; `rlplat train` ignores it
 
     def __post_init__(self) -> None:
         _check_env_episodes(self)

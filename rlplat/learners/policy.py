@@ -246,15 +246,17 @@ class PolicyLearner:
             if "centre_mean" in m:
                 _add(sums, "remix/clip_centre_mean", weight * m["centre_mean"])
             del logp, loss, kl
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        out = {k: float(v) for k, v in sums.items()}
-        out["train/grad_norm"] = float(grad_norm)
-        out["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        out = {k: float(v) for k, v in sums.items()} | self.optimizer_step()
         if self.prev is not None:
             out["remix/kl_convex_lambda"] = self.kl_convex_lambda(step)
         return out
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip the accumulated gradients, take the AdamW step and advance the LR schedule (the SFT learner too)."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"train/grad_norm": float(grad_norm), "train/lr": float(self.scheduler.get_last_lr()[0])}
 
     def _plain_policy_loss(self, logp: Tensor, p: Prepared, count: float, norm_len: int) -> tuple[Tensor, dict]:
         a = self.algo
@@ -337,6 +339,10 @@ class PolicyLearner:
         if entropy_mask is None:
             return logp, None
         return logp, (_t(entropy) * entropy_mask).sum() / entropy_mask.sum().clamp(min=1)
+
+    def token_logp(self, mb: MicroBatch) -> Tensor:
+        """[b, L-1] f32 log-probs of mb's targets under the live weights, differentiable under grad (fused head)."""
+        return self._logp_entropy(mb)[0]
 
     def _logp(self, mb: MicroBatch, policy: FrozenPolicy | None = None) -> Tensor:
         """No-grad log-probs of mb's tokens under the live weights, or under a frozen policy."""

@@ -1,7 +1,7 @@
 """Tools a chat model can call, their JSON schemas for the chat template, and a dispatcher that never raises.
 
 Names in the spec (`build_toolset`):
-  python       runs the call's `code` in the sandbox (rlplat.agents.sandbox); replies with the exit status,
+  python       runs the call's `code` in the sandbox (rlplat.sandbox); replies with the exit status,
                stdout and stderr.
   calculator   evaluates one arithmetic `expression` (+ - * / // % **, parentheses, a few math functions) by
                walking its syntax tree: no eval, and sizes are bounded so `9**9**9` is an error, not a hang.
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlplat.agents.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
+from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 from rlplat.agents.tool_calls import ParsedTurn, ToolCall, ToolCallError
 
 

@@ -13,7 +13,7 @@ program itself crashes or hangs while loading, all of its assert tests fail.
 
 Execution: every sample's assert tests run in ONE sandboxed process (a small harness with a per-test alarm);
 every stdin/stdout test runs in its own process. All of a batch's executions are submitted at once to the
-sandbox pool (`rlplat.agents.sandbox`), which bounds how many run concurrently.
+sandbox pool (`rlplat.sandbox`), which bounds how many run concurrently.
 
 Trust: the harness shares its process with the program, so a program written to attack the harness (reading
 the result marker from argv and printing a forged line) could fake assert results; exiting early
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rlplat.agents.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
+from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 from rlplat.rewards.basic import RewardInputs
 
 _FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)

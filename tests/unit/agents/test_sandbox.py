@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rlplat.agents.sandbox import Sandbox, SandboxLimits, SandboxResult, isolation_report, probe_isolation
+from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, isolation_report, probe_isolation
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2, memory_bytes=512 << 20, file_size_bytes=1 << 20, max_processes=16,
                      max_output_bytes=4096)
@@ -249,7 +249,7 @@ def test_scratch_dirs_are_private_and_capped() -> None:
 UNPRIVILEGED_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from rlplat.agents.sandbox import Sandbox, SandboxLimits, probe_isolation
+from rlplat.sandbox import Sandbox, SandboxLimits, probe_isolation
 iso = probe_isolation(sys.executable)
 with Sandbox(max_concurrency=1, limits=SandboxLimits(timeout_s=1.5, max_processes=16)) as sb:
     bomb = sb.run_sync("import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n"

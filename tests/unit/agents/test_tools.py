@@ -11,9 +11,9 @@ from typing import Literal
 
 import pytest
 
-from rlplat.agents import sandbox as sandbox_module
+from rlplat.sandbox import pool as sandbox_module
 from rlplat.agents import tool_calls, tools
-from rlplat.agents.sandbox import Sandbox, SandboxLimits
+from rlplat.sandbox import Sandbox, SandboxLimits
 from rlplat.agents.tool_calls import ParsedTurn, ToolCall, ToolCallError, parse_hermes
 from rlplat.agents.tools import (
     Tool,

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlplat.config import RewardConfig
 from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact_match
 from rlplat.rewards.builtin import format_regex, length_penalty, math_verify, tensorbleu
+from rlplat.rewards.code_tests import code_tests
 from rlplat.rewards.countdown import countdown
 
 RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
@@ -127,8 +128,9 @@ def combined_reward(
 
     terms: (name, weight), or (name, weight, fn) with fn from `load_reward(name, ...)` to pass parameters.
 
-    timeout_s: each function's time limit; one that runs longer is reported by name (its thread is abandoned:
-    Python cannot stop a running function, so a truly stuck user function keeps one idle thread).
+    timeout_s: each function's time limit; one that runs longer is reported by name. Its thread is abandoned
+    (Python cannot stop a running function); it is a daemon thread, so a stuck function never keeps the process
+    from exiting.
     """
     total = torch.zeros(len(batch))
     metrics: dict[str, float] = {}
@@ -142,25 +144,52 @@ def combined_reward(
 
 
 def _call(name: str, fn: RewardFn, batch: RewardInputs, timeout_s: float | None = None) -> torch.Tensor:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{_short(name)}")
-    try:
-        out = pool.submit(fn, batch).result(timeout=timeout_s)
-    except FuturesTimeout:
-        raise RewardError(f"reward function {name!r} exceeded its time limit of {timeout_s:g} s "
-                          "(reward.timeout_s)") from None
-    except Exception as e:
-        raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
-    finally:
-        pool.shutdown(wait=False)
+    out = _run_with_deadline(name, fn, batch, timeout_s)
     try:
         values = torch.as_tensor(out, dtype=torch.float32).detach().cpu()
     except Exception as e:
-        raise RewardError(f"reward function {name!r} returned {type(out).__name__}, not numbers: {e}") from e
+        raise RewardError(f"reward function {name!r} returned {type(out).__name__}, not numbers "
+                          f"({_one_line(e)}); return one float per sample") from None
     if values.shape != (len(batch),):
-        raise RewardError(f"reward function {name!r} returned shape {tuple(values.shape)}, expected ({len(batch)},)")
-    if not torch.isfinite(values).all():
-        raise RewardError(f"reward function {name!r} returned non-finite values")
+        raise RewardError(f"reward function {name!r} returned shape {tuple(values.shape)}, expected ({len(batch)},)"
+                          " (one float per sample)")
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise RewardError(f"reward function {name!r} returned {values[bad[0]].item()} for sample {bad[0]} "
+                          f"({len(bad)} of {len(batch)} non-finite)")
     return values
+
+
+def _run_with_deadline(name: str, fn: RewardFn, batch: RewardInputs, timeout_s: float | None) -> Any:
+    """fn(batch) in a daemon thread, waited for at most timeout_s; RewardError naming `name` if it raises or hangs.
+
+    A daemon thread (not a ThreadPoolExecutor, whose workers the interpreter joins at exit): a hung user function
+    is left behind, and the process still exits once the run has failed.
+    """
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["out"] = fn(batch)
+        except BaseException as e:  # a user's function: report whatever it raises, by name
+            result["error"] = e
+
+    thread = threading.Thread(target=target, name=f"reward-{_short(name)}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise RewardError(f"reward function {name!r} exceeded its time limit of {timeout_s:g} s "
+                          "(reward.timeout_s)")
+    if "error" in result:
+        e = result["error"]
+        raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {_one_line(e)}") from e
+    return result.get("out")
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (a user's message may span several), at most 300 characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _short(name: str) -> str:
@@ -176,6 +205,7 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "format_regex": format_regex,  # raises unless given `pattern`: load it with load_reward
     "length_penalty": length_penalty,  # raises unless given `target_length_in_tokens`: load it with load_reward
     "countdown": countdown,
+    "code_tests": code_tests,  # runs each response against its row's `tests` in the sandbox (rlplat.sandbox)
 }
 
 # Dataset columns each built-in reads. The answer-based ones read `answers`, which the driver fills from the
@@ -186,4 +216,5 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "tensorbleu": ("answer",),
     "math_verify": ("answer",),
     "countdown": ("nums", "target"),
+    "code_tests": ("tests",),
 }

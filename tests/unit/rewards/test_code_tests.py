@@ -110,3 +110,12 @@ def test_extraction_and_parsing() -> None:
     assert extract_program("```bash\nls\n```") is None
     assert parse_tests([{"input": "", "output": "x", "extra": 1}]) == [code_tests_module.IOTest(input="", output="x")]
     assert doctest.testmod(code_tests_module).failed == 0
+
+
+def test_registered_as_a_builtin_reading_tests() -> None:
+    from rlplat.rewards.registry import check_reward_columns, load_reward, required_columns
+
+    assert load_reward("code_tests") is code_tests
+    assert required_columns("code_tests") == ("tests",)
+    with pytest.raises(ValueError, match="needs the column 'tests'"):
+        check_reward_columns(["code_tests"], {"answer"})

@@ -130,6 +130,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-train", action="store_true", help="env throughput only (headline: raw/text ratio)")
     parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     args = parser.parse_args(argv)
+    if not args.no_train:  # bad input fails before anything is measured
+        from rlplat.config import load_config
+
+        cfg = load_config(args.spec, [LOCAL_RAY, f"experiment.num_steps={args.train_steps}",
+                                      "experiment.name=bench-envs", *args.overrides])
+        ensure_model(cfg.model.path)
     warnings.filterwarnings("ignore", message=".*precision lowered.*")  # gymnasium on EnvPool's float64 bounds
     ratio_at_64 = _throughput_table(args)
     if args.no_train:
@@ -138,11 +144,6 @@ def main(argv: list[str]) -> int:
                           higher_is_better=False)
         return 0
 
-    from rlplat.config import load_config
-
-    cfg = load_config(args.spec, [LOCAL_RAY, f"experiment.num_steps={args.train_steps}", "experiment.name=bench-envs",
-                                  *args.overrides])
-    ensure_model(cfg.model.path)
     rand = random_return(cfg, _replies(cfg.env.task_id, cfg.env.renderer), num_episodes=1024)
     share, history = train_share(cfg)
     returns = [v for _, v in history["env/episode_return_mean"]]

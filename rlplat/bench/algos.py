@@ -110,5 +110,9 @@ def report(runs: list[dict], args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as `python -m rlplat bench algos`: offline, the JSON line last
+    import sys
+
+    from rlplat.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", "algos", *sys.argv[1:]]))

@@ -190,7 +190,9 @@ def _throughput_table(args: argparse.Namespace) -> float | None:
     return ratio_at_64
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as `python -m rlplat bench envs`: offline, the JSON line last
     import sys
 
-    raise SystemExit(main(sys.argv[1:]))
+    from rlplat.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", "envs", *sys.argv[1:]]))

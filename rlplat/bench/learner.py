@@ -283,5 +283,9 @@ def _peak_flops() -> float:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 989e12)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # as `python -m rlplat bench learner`: offline, the JSON line last
+    import sys
+
+    from rlplat.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", "learner", *sys.argv[1:]]))

@@ -205,7 +205,9 @@ def _report(args: argparse.Namespace, sync: ModeTotals, april: ModeTotals) -> No
                   higher_is_better=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as `python -m rlplat bench rollout`: offline, the JSON line last
     import sys
 
-    raise SystemExit(main(sys.argv[1:]))
+    from rlplat.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", "rollout", *sys.argv[1:]]))

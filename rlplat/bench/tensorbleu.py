@@ -117,5 +117,7 @@ def _time_tensor(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, t
     return statistics.median(times), out
 
 
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+if __name__ == "__main__":  # as `python -m rlplat bench tensorbleu`: offline, the JSON line last
+    from rlplat.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", "tensorbleu", *sys.argv[1:]]))

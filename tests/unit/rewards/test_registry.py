@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +29,18 @@ def raises(batch):
 
 def wrong_shape(batch):
     return torch.zeros(len(batch) + 1)
+
+def nan(batch):
+    return [1.0, float("nan")]
+
+def strings(batch):
+    return ["good", "bad"]
+
+def nothing(batch):
+    pass
+
+def long_message(batch):
+    raise ValueError("first line\\nsecond line\\n  third")
 '''
 
 
@@ -62,6 +77,50 @@ def test_raising_function_is_named(user_file: str) -> None:
 def test_wrong_shape_is_named(user_file: str) -> None:
     with pytest.raises(RewardError, match=r"wrong_shape' returned shape \(3,\), expected \(2,\)"):
         combined_reward([(f"{user_file}:wrong_shape", 1.0)], _batch())
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("nan", r"'.*my_rewards.py:nan' returned nan for sample 1 \(1 of 2 non-finite\)"),
+    ("strings", r"'.*my_rewards.py:strings' returned list, not numbers .*; return one float per sample"),
+    ("nothing", r"'.*my_rewards.py:nothing' returned NoneType, not numbers"),
+    ("long_message", r"'.*my_rewards.py:long_message' raised ValueError: first line second line third$"),
+])
+def test_bad_values_are_one_line_naming_the_function(user_file: str, fn: str, message: str) -> None:
+    with pytest.raises(RewardError, match=message) as failure:
+        combined_reward([(f"{user_file}:{fn}", 1.0)], _batch())
+    assert "\n" not in str(failure.value)
+
+
+HUNG_SCRIPT = """
+import sys, time
+from rlplat.config import RewardConfig, RewardTerm
+from rlplat.rewards.basic import RewardInputs
+from rlplat.rewards.registry import RewardError, score_with_spec
+
+batch = RewardInputs(response_token_ids=[[5]], response_texts=["5"], answers=["5"], answer_token_ids=[[5]],
+                     eos_token_id=1)
+cfg = RewardConfig(terms=(RewardTerm(name=sys.argv[1]),), timeout_s=0.5)
+try:
+    score_with_spec(cfg, batch)
+except RewardError as e:
+    print(f"rlplat: error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_hung_reward_does_not_keep_the_process_alive(user_file: str, tmp_path: Path) -> None:
+    """The scoring path in a fresh interpreter: after the time limit the process exits at once with one line, even
+    though the user's function is still sleeping (30 s) in its thread."""
+    script = tmp_path / "score.py"
+    script.write_text(textwrap.dedent(HUNG_SCRIPT))
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, str(script), f"{user_file}:hangs"], capture_output=True, text=True,
+                          timeout=25, cwd=Path(__file__).resolve().parents[3])
+    elapsed = time.perf_counter() - t0
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"rlplat: error: reward function '{user_file}:hangs' exceeded its time limit of 0.5 s (reward.timeout_s)"]
+    assert elapsed < 20, f"the process took {elapsed:.1f} s to exit"
 
 
 @pytest.mark.parametrize("name, message", [

@@ -1,4 +1,4 @@
-"""`rlplat train|eval|data|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
+"""`rlplat train|sft|eval|data|model|bench ...`. Bad input exits with status 2 and one line naming the problem."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                "  rlplat model tiny models/tiny                        write the demo's tiny model\n"
                "  rlplat model tiny models/chat --tokenizer bpe        a tiny chat model (byte-level BPE, ChatML)\n"
                "  rlplat data countdown data/countdown --n 2000        write data/countdown/{train,test}.jsonl\n"
+               "  rlplat data countdown data/countdown --sft           the same rows with a `messages` column\n"
+               "  rlplat sft configs/sft_countdown.yaml                SFT warm start: OUTPUT/sft_model\n"
                "  rlplat train configs/demo.yaml experiment.num_steps=20\n"
                "  rlplat train configs/demo.yaml --dry-run             print the resolved spec and placement\n"
                "  rlplat eval configs/demo.yaml --checkpoint outputs/demo/checkpoints\n"
@@ -64,6 +66,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="move an earlier run's checkpoints in the output directory aside "
                         "(checkpoints.earlier-TIME) and start at step 1")
     t.set_defaults(func=_train)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning on chat conversations (the warm start before RL)",
+                       description="Train the spec's model with cross-entropy on the assistant tokens of the "
+                                   "conversations in sft.train_files (in this process, no Ray), log to the spec's "
+                                   "MLflow run, and save a model directory (sft.save_dir, default "
+                                   "OUTPUT/sft_model) that `rlplat train` can start from as model.path. Bad input "
+                                   "exits with status 2 before the model loads.")
+    f.add_argument("spec", help="path to the YAML experiment spec (its sft:, model:, learner: sections)")
+    f.add_argument("overrides", nargs="*", help="spec overrides as key.path=value, e.g. sft.num_steps=50")
+    f.add_argument("--no-progress", action="store_true", help="print no progress lines")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from the latest SFT checkpoint in OUTPUT/sft_checkpoints (same MLflow run)")
+    f.add_argument("--start-over", action="store_true",
+                   help="move an earlier SFT run's checkpoints aside and start at step 1")
+    f.set_defaults(func=_sft)
 
     e = sub.add_parser("eval", help="evaluate a saved policy and log an MLflow evaluation run",
                        description="Serve a saved policy on the spec's rollout engines, run the spec's evaluation "
@@ -120,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
         g.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
                        help="file format (default: %(default)s)")
+        g.add_argument("--sft", action="store_true",
+                       help="add a `messages` column: the prompt and the correct answer as a chat conversation "
+                            "(sft.train_files for `rlplat sft`)")
         if name == "digits":
             g.add_argument("--task", choices=("copy", "reverse", "add"), default="copy",
                            help="digit task (default: %(default)s)")
@@ -167,6 +187,34 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{key}: {result.history[key][0][1]:.3f} -> {result.history[key][-1][1]:.3f}")
     print(f"MLflow run {result.run_id} in {result.tracking_uri}")
     print(f"view it: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from rlplat.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.spec, args.overrides)
+        if args.resume and args.start_over:
+            raise ConfigError("--resume and --start-over exclude each other")
+        from rlplat.driver import sft
+
+        if args.start_over:
+            from rlplat import checkpoint as ck
+
+            moved = ck.move_aside(sft.checkpoint_root(cfg))
+            if moved:
+                print(f"moved the earlier SFT checkpoints to {moved}")
+        inputs = sft.preflight(cfg, resume=args.resume)
+        _quiet_logs()
+        result = sft.train_sft(cfg, resume=args.resume, inputs=inputs, report=None if args.no_progress else print)
+    except ConfigError as e:
+        return _bad_input(e)
+    for key in ("loss/sft", "eval/sft_loss"):
+        if key in result.history:
+            print(f"{key}: {result.history[key][0][1]:.3f} -> {result.history[key][-1][1]:.3f}")
+    print(f"saved the model to {result.model_dir} (use it as model.path for `rlplat train`)")
+    print(f"MLflow run {result.run_id} in {result.tracking_uri}")
     return 0
 
 
@@ -261,6 +309,10 @@ def _data(args: argparse.Namespace) -> int:
         else:
             make = {"countdown": generators.countdown_splits, "arithmetic": generators.arithmetic_splits}
             splits = make[args.data_command](num_train=args.n, num_test=args.n_test, seed=args.seed)
+        if args.sft:
+            prompt_key, response_key = generators.SFT_COLUMNS[args.data_command]
+            splits = {name: generators.with_messages(recs, prompt_key=prompt_key, response_key=response_key)
+                      for name, recs in splits.items()}
         paths = generators.write_splits(args.out_dir, splits, fmt=args.format)
     except ValueError as e:
         return _bad_input(e)

@@ -139,6 +139,29 @@ def records_from_problems(problems: Iterable[PromptAnswer]) -> list[Record]:
     return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
+# The columns of each task's prompt and correct response, for SFT conversations (`rlplat data TASK OUT --sft`).
+SFT_COLUMNS: dict[str, tuple[str, str]] = {"countdown": ("prompt", "response"), "arithmetic": ("question", "answer"),
+                                           "digits": ("prompt", "answer")}
+
+
+def with_messages(records: list[Record], *, prompt_key: str, response_key: str,
+                  messages_key: str = "messages") -> list[Record]:
+    """The records with a chat conversation added: the prompt (a string becomes one user message, a message list
+    stays) then the correct response as the assistant turn. Every other column stays, so one file serves the
+    SFT warm start (`sft.messages_key`) and RL (`data.prompt_key`, rewards reading `answer`, `nums`, ...).
+
+    >>> with_messages([{"question": "1+1?", "answer": "#### 2"}], prompt_key="question", response_key="answer")
+    [{'question': '1+1?', 'answer': '#### 2', 'messages': [{'role': 'user', 'content': '1+1?'}, \
+{'role': 'assistant', 'content': '#### 2'}]}]
+    """
+    out = []
+    for rec in records:
+        prompt = rec[prompt_key]
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        out.append({**rec, messages_key: [*turns, {"role": "assistant", "content": str(rec[response_key])}]})
+    return out
+
+
 def write_records(path: str | Path, records: list[Record]) -> Path:
     """Write records to a .jsonl or .parquet file (by suffix); parent directories are created."""
     p = Path(path)

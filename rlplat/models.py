@@ -29,11 +29,36 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 # ChatML, as Qwen's: each turn `<|im_start|>role\ncontent<|im_end|>\n`, the generation prompt opens an assistant
 # turn. {% generation %} marks assistant tokens, so SFT can ask for return_assistant_tokens_mask.
+# Tools as Qwen2.5 renders them (Hermes format), in a shorter system text for tiny contexts: `tools=` goes into the
+# system turn as one JSON schema per line inside <tools></tools>; an assistant message's `tool_calls` render as
+# `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` after its content; consecutive `tool` messages
+# share one user turn, each inside <tool_response></tool_response>. Without tools and tool messages the text is
+# plain ChatML, as before.
 CHATML_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- '# Tools\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\n</tools>\nCall a tool with <tool_call>{\"name\": <name>, \"arguments\": <json object>}</tool_call>'"
+    " + '<|im_end|>\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\n' }}"
+    "{%- if message['role'] == 'system' and loop.first and tools %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' }}{% generation %}{{- message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set call = call['function'] if call['function'] is defined else call %}"
+    "{%- if loop.first and message['content'] %}{{- '\n' }}{%- elif not loop.first %}{{- '\n' }}{%- endif %}"
+    "{{- '<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{%- if call['arguments'] is string %}{{- call['arguments'] }}{%- else %}{{- call['arguments'] | tojson }}"
+    "{%- endif %}{{- '}\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{% endgeneration %}{{- '\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{%- endif %}"
@@ -171,21 +196,92 @@ def write_tiny_model(out_dir: str | Path, *, shape: TinyModelShape | None = None
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """Raise ValueError with a one-line reason unless `path` is a loadable local HF model directory."""
+    """Raise ValueError with a one-line reason unless `path` is a loadable local HF model directory: its JSON files
+    parse, and every weights file is whole (a safetensors file as long as its header says; a torch .bin a whole zip)."""
     p = Path(path)
     if not p.is_dir():
         raise ValueError(f"model directory {str(p)!r} does not exist (create one with `rlplat model tiny {p}`)")
     if not (p / "config.json").is_file():
         raise ValueError(f"model directory {str(p)!r} has no config.json: not a Hugging Face model directory")
-    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
-    if not has_weights:
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "model.safetensors.index.json"):
+        if (p / name).is_file():
+            _read_json_object(p / name)
+    weights = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+    if not weights:
         raise ValueError(f"model directory {str(p)!r} has no *.safetensors or *.bin weights")
+    if (p / "model.safetensors.index.json").is_file():
+        _check_shards(p)
+    for w in weights:
+        if w.suffix == ".safetensors":
+            _check_safetensors(w)
+        else:
+            _check_torch_bin(w)
+    max_context_length(p)
     if not ((p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()):
         raise ValueError(f"model directory {str(p)!r} has no tokenizer files")
     return p
 
 
+def _read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; ValueError naming the file and the position of the damage."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: the file is damaged") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): the file is "
+                         "damaged or truncated") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: the file is damaged")
+    return data
+
+
+def _check_safetensors(path: Path) -> None:
+    """The file holds its header and all the tensor bytes the header declares (a copy cut short fails here, not
+    with a Rust panic inside the loader). Format: u64 little-endian header length, JSON header, tensor data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{path} is truncated or not a safetensors file ({size} bytes; "
+                             f"its header needs {8 + max(n, 0)})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} has a damaged safetensors header") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise ValueError(f"{path} is truncated: {size} bytes, its header declares {expected}")
+
+
+def _check_torch_bin(path: Path) -> None:
+    """A torch .bin in the zip format ends in a central directory: a truncated copy has none."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is truncated or not a torch checkpoint (no zip central directory)")
+
+
+def _check_shards(p: Path) -> None:
+    """Every shard that model.safetensors.index.json maps a weight to exists."""
+    weight_map = _read_json_object(p / "model.safetensors.index.json").get("weight_map", {})
+    missing = sorted({f for f in weight_map.values() if not (p / str(f)).is_file()}) if isinstance(
+        weight_map, dict) else []
+    if missing:
+        raise ValueError(f"model directory {str(p)!r} lacks weight shard(s) {', '.join(missing)} that "
+                         "model.safetensors.index.json names")
+
+
 def max_context_length(path: str | Path) -> int:
-    """The model's context length from its config.json (max_position_embeddings)."""
-    config = json.loads((Path(path) / "config.json").read_text())
-    return int(config.get("max_position_embeddings", 2048))
+    """The model's context length from its config.json (max_position_embeddings); ValueError (one line) if
+    config.json is damaged or the value is not a positive integer."""
+    config = _read_json_object(Path(path) / "config.json")
+    value = config.get("max_position_embeddings", 2048)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{Path(path) / 'config.json'}: max_position_embeddings must be a positive integer, "
+                         f"got {value!r}")
+    return value

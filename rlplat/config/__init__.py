@@ -13,6 +13,7 @@ One module per area, each section checking its own values; `run.RunConfig` holds
     reward.py      reward:                 RewardConfig, RewardTerm
     data.py        data:, eval:            DataConfig, StoreConfig, EvalConfig
     env.py         env:                    EnvConfig
+    agent.py       agent:                  AgentConfig, SandboxConfig
     cluster.py     cluster:, placement:    ClusterConfig, PlacementConfig
     experiment.py  experiment:, tracking:, checkpoint:   ExperimentConfig, TrackingConfig, CheckpointConfig
     sft.py         sft:                    SftConfig (`rlplat sft`, the warm start before RL)
@@ -21,6 +22,7 @@ One module per area, each section checking its own values; `run.RunConfig` holds
     errors.py                              ConfigError
 """
 
+from rlplat.config.agent import AgentConfig, SandboxConfig
 from rlplat.config.algorithm import (
     AlgorithmConfig,
     DynamicSamplingConfig,
@@ -41,6 +43,7 @@ from rlplat.config.run import RunConfig
 from rlplat.config.sft import SftConfig
 
 __all__ = [
+    "AgentConfig",
     "AlgorithmConfig",
     "CheckpointConfig",
     "ClusterConfig",
@@ -62,6 +65,7 @@ __all__ = [
     "RewardTerm",
     "RolloutConfig",
     "RunConfig",
+    "SandboxConfig",
     "SftConfig",
     "StoreConfig",
     "TrackingConfig",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlplat.config.agent import AgentConfig
 from rlplat.config.algorithm import AlgorithmConfig
 from rlplat.config.cluster import ClusterConfig, PlacementConfig
 from rlplat.config.data import DataConfig, EvalConfig
@@ -39,10 +40,14 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # task_id empty: no env, the `data` prompt task
+    agent: AgentConfig = field(default_factory=AgentConfig)  # tools empty: no tool calling
     sft: SftConfig = field(default_factory=SftConfig)  # `rlplat sft SPEC` only; `rlplat train` ignores it
 
     def __post_init__(self) -> None:
         _check_env_episodes(self)
+        if self.agent.tools and self.env.task_id:
+            raise ConfigError("agent.tools: env.task_id is set, so env episodes are played; tool-calling "
+                              "trajectories run on the `data` prompts: remove agent.tools or env.task_id")
 
     @property
     def output_dir(self) -> Path:

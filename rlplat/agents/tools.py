@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 from rlplat.agents.tool_calls import ParsedTurn, ToolCall, ToolCallError
+from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 from rlplat.rewards.basic import RewardInputs
+from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
 
 _FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _STARTUP_S = 1.0  # interpreter start, on top of the test time budget

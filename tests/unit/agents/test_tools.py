@@ -11,9 +11,7 @@ from typing import Literal
 
 import pytest
 
-from rlplat.sandbox import pool as sandbox_module
 from rlplat.agents import tool_calls, tools
-from rlplat.sandbox import Sandbox, SandboxLimits
 from rlplat.agents.tool_calls import ParsedTurn, ToolCall, ToolCallError, parse_hermes
 from rlplat.agents.tools import (
     Tool,
@@ -24,6 +22,8 @@ from rlplat.agents.tools import (
     python_tool,
     tool_from_function,
 )
+from rlplat.sandbox import Sandbox, SandboxLimits
+from rlplat.sandbox import pool as sandbox_module
 
 USER_TOOLS = '''
 import asyncio, time

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from rlplat.sandbox import Sandbox, SandboxLimits
 from rlplat.rewards import code_tests as code_tests_module
 from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.code_tests import code_tests, extract_program, parse_tests
+from rlplat.sandbox import Sandbox, SandboxLimits
 
 
 @dataclass

@@ -7,6 +7,8 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -178,6 +180,8 @@ def _train(args: argparse.Namespace) -> int:
         result = loop.train(cfg, progress=not args.no_progress, resume=args.resume)
     except ConfigError as e:  # found once attached to the cluster: too few GPUs for the placement
         return _bad_input(e)
+    except Exception as e:  # the run started and failed: one line, the traceback in a file
+        return _run_failed(e, cfg.output_dir, resume_hint=lambda: run_state.resume_hint(cfg))
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
     if rewards:
         k = min(10, len(rewards))
@@ -234,6 +238,8 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluation.evaluate_checkpoint(cfg, args.checkpoint, num_samples=args.num_samples)
     except ConfigError as e:
         return _bad_input(e)
+    except Exception as e:  # the evaluation started and failed: one line, the traceback in a file
+        return _run_failed(e, cfg.output_dir)
     for key, points in sorted(result.history.items()):
         print(f"{key}: {points[-1][1]:.4f}")
     print(f"MLflow evaluation run {result.run_id} in {result.tracking_uri}")
@@ -362,6 +368,58 @@ def _bad_input(error: Exception) -> int:
     """One line naming the problem on stderr; the exit status of bad input."""
     print(f"rlplat: error: {error}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+EXIT_RUN_FAILED = 1
+# Workers methods (rlplat/driver/workers.py) -> the phase a dead actor interrupted, for the one-line message.
+_PHASES = {"save_learner_state": "checkpoint save", "load_learner_state": "checkpoint load", "train": "train step",
+           "sync": "weight sync", "generate": "generation", "score": "reward scoring", "save_model": "final model save",
+           "verify": "final weight check", "recover": "rollout restart", "start": "start-up"}
+
+
+def _run_failed(error: Exception, output_dir: Path, resume_hint: Callable[[], str] | None = None) -> int:
+    """A run (or evaluation) that started and failed: one line on stderr naming what failed, where to resume and
+    where the traceback is; exit 2 for a user's reward function that failed (its message names it), else 1."""
+    from rlplat.rewards.registry import RewardError
+
+    log_file = _write_traceback(error, output_dir)
+    message = " ".join(str(error).split()) or type(error).__name__
+    died = _dead_actor(error)
+    if died is not None:
+        actor, phase = died
+        message = f"{actor} died during {phase}" + (f"; {resume_hint()}" if resume_hint else "")
+    where = f" (traceback: {log_file})" if log_file else ""
+    print(f"rlplat: error: {message}{where}", file=sys.stderr)
+    return EXIT_BAD_INPUT if isinstance(error, RewardError) else EXIT_RUN_FAILED
+
+
+def _dead_actor(error: BaseException) -> tuple[str, str] | None:
+    """(actor, phase) when `error` is a Ray actor that died (not already explained by the driver), else None."""
+    import re
+    import traceback
+
+    from ray.exceptions import RayActorError
+
+    if not isinstance(error, RayActorError):
+        return None
+    found = re.search(r"class_name: (\S+)", str(error))  # a qualified name: module.<locals>.LearnerActor
+    actor = f"a Ray actor ({found.group(1).rpartition('.')[2]})" if found else "a Ray actor"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.endswith("rlplat/driver/workers.py")]
+    phase = next((_PHASES[f.name] for f in reversed(frames) if f.name in _PHASES), "the run")
+    return actor, phase
+
+
+def _write_traceback(error: BaseException, output_dir: Path) -> Path | None:
+    """The full traceback in OUTPUT/logs/error.log (None if it cannot be written)."""
+    import traceback
+
+    path = Path(output_dir) / "logs" / "error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return path
 
 
 def _quiet_logs() -> None:

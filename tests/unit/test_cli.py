@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,91 @@ def test_eval_checkpoint_that_is_not_a_directory(capsys, tiny_model_dir: Path, t
 def test_eval_checkpoint_of_unknown_layout_lists_the_accepted_ones(capsys, tiny_model_dir: Path, tmp_path) -> None:
     code, err = _run(["eval", SMOKE, f"model.path={tiny_model_dir}", "--checkpoint", str(tmp_path)], capsys)
     assert code == 2 and "neither a checkpoint (learner/learner_state.pt), a saved model" in err
+
+
+# ---------------------------------------------------------------------------- failures once the run has started
+REWARDS = '''
+def broken(batch):
+    raise KeyError("tests")
+'''
+
+
+def _failing_train(monkeypatch, fail) -> None:
+    """`loop.train` replaced by `fail(cfg)`: preflight and the CLI's handling stay real."""
+    from rlplat.driver import loop
+
+    monkeypatch.setattr(loop, "train", lambda cfg, **_: fail(cfg))
+
+
+def test_reward_that_raises_is_one_line_exit_2_and_keeps_the_samples(monkeypatch, capsys, tiny_model_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """The real scoring path (Experience.produce on a fake rollout): one line naming the function and where the
+    step's unscored samples are, exit 2, the traceback in OUTPUT/logs/error.log."""
+    from types import SimpleNamespace
+
+    from rlplat.driver import experience, run_state
+    from rlplat.types import FinishReason, Group, Sample
+
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    out = tmp_path / "out"
+
+    def fail(cfg):
+        tokens = experience.Tokens(cfg.model.path)
+        sample = Sample(group_id=0, sample_index=0, prompt_id=0, prompt_token_ids=tokens.encode("12="), answer="3",
+                        response_token_ids=tokens.encode("3"), finish_reason=FinishReason.STOP)
+        groups = [Group(group_id=0, prompt_id=0, samples=[sample])]
+        rollout = SimpleNamespace(collect=lambda step, version: (groups, {}))
+        exp = experience.Experience(cfg=cfg, workers=SimpleNamespace(reward=None), tokens=tokens, prompts=None,
+                                    rollout=rollout,
+                                    save_unscored=lambda step, groups: run_state.save_unscored(out, step, groups))
+        exp.produce(0, 0)
+
+    _failing_train(monkeypatch, fail)
+    code, err = _run(["train", SMOKE, f"model.path={tiny_model_dir}", f"experiment.output_dir={out}",
+                      f"reward.terms=[{{name: {tmp_path / 'my_rewards.py'}:broken}}]"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"reward function '{tmp_path / 'my_rewards.py'}:broken' raised KeyError: 'tests'" in err
+    assert f"the step's samples are saved in {out / 'unscored' / 'step_000001.json'}" in err
+    assert err.endswith(f"(traceback: {out / 'logs' / 'error.log'})")
+    assert (out / "unscored" / "step_000001.json").is_file()
+    assert "Traceback" in (out / "logs" / "error.log").read_text()
+
+
+def test_other_failure_is_one_line_exit_1(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    def fail(cfg):
+        raise TimeoutError("train step: no answer within 8 s (cluster.call_timeout_s); the actor is hung")
+
+    _failing_train(monkeypatch, fail)
+    code, err = _run(["train", SMOKE, f"model.path={tiny_model_dir}", f"experiment.output_dir={tmp_path}"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("rlplat: error: train step: no answer within 8 s (cluster.call_timeout_s)")
+
+
+def test_learner_dying_in_checkpoint_save_names_the_checkpoint_to_resume_from(ray_session, monkeypatch, capsys,
+                                                                             tiny_model_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """A real actor process that exits inside `Workers.save_learner_state`: one line naming the phase and the last
+    complete checkpoint (step 2, which has a manifest; step 4 was being written), exit 1."""
+    from rlplat import checkpoint as ck
+    from rlplat.driver.workers import Workers
+
+    out = tmp_path / "out"
+    done = ck.checkpoint_root(out) / "step_000002"
+    done.mkdir(parents=True)
+    (done / ck.MANIFEST).write_text("{}")
+    (ck.checkpoint_root(out) / "step_000004").mkdir()  # begun, never committed
+
+    class LearnerActor:  # defined here, so Ray ships it by value to the worker
+        def save_state(self, out_dir: str) -> None:
+            os._exit(1)
+
+    def fail(cfg):
+        actor = ray_session.remote(num_cpus=0, max_restarts=0)(LearnerActor).remote()
+        Workers(rollout=[], learner=actor, call_timeout_s=60).save_learner_state(out / "checkpoints" / "tmp")
+
+    _failing_train(monkeypatch, fail)
+    code = main(["train", SMOKE, f"model.path={tiny_model_dir}", f"experiment.output_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"rlplat: error: a Ray actor (LearnerActor) died during checkpoint save; resume from {done} "
+                          "with `rlplat train SPEC --resume`"), err

@@ -1,4 +1,7 @@
 """Benchmarks: `rlplat bench NAME` runs `rlplat.bench.NAME.main(argv)`.
 
-Each benchmark prints a readable table and ends with one JSON line (see `common.emit_headline`).
+Each benchmark prints a readable table and ends with one JSON line (see `common.emit_headline`), which `rlplat bench`
+prints after shutting Ray down, so it is the last line of stdout. Benches run offline (no hub requests), on a local
+Ray of their own, and use only rlplat.driver for remote work (no ray import here). A bench on the demo's model writes
+models/tiny when it is missing; any other missing model is one line and exit status 2.
 """

@@ -16,7 +16,7 @@ import pytest
 from rlplat.agents.loop import AgentBudget, AgentLoop, Trajectory
 from rlplat.agents.tool_calls import parse_hermes
 from rlplat.agents.tools import ToolSet, build_toolset, calculator_tool, tool_from_function
-from rlplat.models import IM_END, write_tiny_model
+from rlplat.models import IM_END, build_bpe_tokenizer, default_corpus
 from rlplat.types import FinishReason, Sample, SamplingOptions
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>' + IM_END
@@ -27,10 +27,10 @@ BUDGET = AgentBudget(max_turns=4, max_tool_calls=4, max_new_tokens_per_turn=128,
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(write_tiny_model(tmp_path_factory.mktemp("bpe"), tokenizer="bpe"))
+def tok() -> Any:
+    """The tiny BPE chat model's tokenizer (`write_tiny_model(tokenizer="bpe")` saves this one; loading it back
+    encodes identically, tests/unit/test_models_bpe.py), without building the model's weights."""
+    return build_bpe_tokenizer(default_corpus())
 
 
 class ScriptedWorker:

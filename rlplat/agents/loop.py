@@ -29,6 +29,10 @@ writes raises. Budgets per trajectory (`AgentBudget`) end it with finish_reason 
 the model's context), and wall time, which is checked between turns and bounds the tools' time (a model turn in
 progress is not cut).
 
+APRIL: a request the engine aborts leaves the sample PENDING, the turn's ids so far in `partial_turn`. Playing
+the same `Trajectory` again (next step) continues that turn: its request carries them, and they count in the
+turn's cap. Wall time counts the time a trajectory is played, not time it waits between steps.
+
 Concurrency: every trajectory is its own asyncio task, so one trajectory's tools (sandbox processes, threads,
 coroutines) run while others generate; a turn is one `generate` request of one sample (the engine batches
 concurrent requests). A group stays on one worker (group_id mod workers: its prefix cache).
@@ -93,12 +97,17 @@ class AgentBudget:
 
 @dataclass(slots=True)
 class Trajectory:
-    """One sample's conversation and counters. text == decode(prompt + response ids) (special tokens kept)."""
+    """One sample's conversation and counters.
+
+    text == decode(prompt + response ids) with special tokens, but for an aborted turn's ids (`partial_turn`).
+    Plain data, so an unfinished trajectory can wait in a buffer (or a checkpoint) and be played on next step.
+    """
 
     sample: Sample
     messages: list[Message]
     text: str
-    started_s: float | None = None  # time.monotonic() of the first request
+    wall_s: float = 0.0  # seconds spent being played (in `play_one`), over every step that played it
+    partial_turn: list[int] = field(default_factory=list)  # ids of a turn the engine aborted (already in sample)
     num_turns: int = 0
     num_tool_calls: int = 0  # calls answered, malformed included
     num_tool_errors: int = 0  # well-formed calls answered with an error (unknown tool, bad arguments, raised, ...)
@@ -199,10 +208,17 @@ class AgentLoop:
 
     # ---- one trajectory ------------------------------------------------------------------------------------
     async def play_one(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions, version: int) -> None:
-        """Model turn, tools, tool turn, ... until a final answer, a budget, or an aborted request (the sample then
-        stays PENDING with what it has)."""
-        if traj.started_s is None:
-            traj.started_s = time.monotonic()
+        """Model turn, tools, tool turn, ... until a final answer, a budget, or an aborted request. An aborted
+        trajectory stays PENDING with what it has; playing it again (next step, APRIL) continues the aborted turn.
+        """
+        resumed = time.monotonic()
+        try:
+            await self._play(traj, worker, sampling, version, resumed)
+        finally:
+            traj.wall_s += time.monotonic() - resumed
+
+    async def _play(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions, version: int,
+                    resumed: float) -> None:
         while True:
             turn = await self._model_turn(traj, worker, sampling, version)
             if turn is None:  # the engine aborted the request
@@ -215,11 +231,11 @@ class AgentLoop:
             if not parsed.has_calls:
                 traj.text += model_text
                 return self._finish(traj, FinishReason.LENGTH if cut else FinishReason.STOP)
-            over = self._over_budget_before_tools(traj, parsed)
+            over = self._over_budget_before_tools(traj, parsed, resumed)
             if over:
                 traj.text += model_text
                 return self._finish(traj, FinishReason.LENGTH, over)
-            results = await self._run_tools(traj, parsed)
+            results = await self._run_tools(traj, parsed, resumed)
             if results is None:
                 traj.text += model_text
                 return self._finish(traj, FinishReason.LENGTH, "wall_s")
@@ -230,9 +246,10 @@ class AgentLoop:
 
     async def _model_turn(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions,
                           version: int) -> tuple[list[int], bool] | None:
-        """Generate one turn into the sample (mask 1): (its ids, whether a cap cut it), or None if aborted."""
-        s = traj.sample
-        cap = min(self.budget.max_new_tokens_per_turn, self._tokens_left(traj))
+        """Generate one turn into the sample (mask 1): (its ids, whether a cap cut it), or None if aborted. A turn
+        aborted earlier (`partial_turn`) continues: its request carries those ids too, and they count in the cap."""
+        s, partial = traj.sample, traj.partial_turn
+        cap = max(min(self.budget.max_new_tokens_per_turn - len(partial), self._tokens_left(traj)), 0)
         request = Sample(group_id=s.group_id, sample_index=s.sample_index, prompt_id=s.prompt_id,
                          prompt_token_ids=s.prompt_token_ids + s.response_token_ids)
         out = await worker.generate([request], replace(sampling, max_new_tokens=cap), version)
@@ -241,28 +258,29 @@ class AgentLoop:
         done = out[0]
         ids = done.response_token_ids[:cap]  # a worker must not exceed the cap; never let it break the budget
         s.extend(ids, done.logp_behaviour[:len(ids)], done.policy_versions[:len(ids)], FinishReason.PENDING)
-        traj.num_turns += 1
+        traj.partial_turn = partial + ids
         if done.finish_reason is FinishReason.PENDING:
-            traj.text += self._decode(ids)
             return None
-        return ids, done.finish_reason is FinishReason.LENGTH
+        traj.partial_turn = []
+        traj.num_turns += 1
+        return partial + ids, done.finish_reason is FinishReason.LENGTH
 
-    def _over_budget_before_tools(self, traj: Trajectory, parsed: ParsedTurn) -> str:
+    def _over_budget_before_tools(self, traj: Trajectory, parsed: ParsedTurn, resumed: float) -> str:
         """The budget that forbids answering this turn's calls ('' if none): no model turn would follow, the
         calls would exceed the tool-call budget, or the wall time is spent."""
         if traj.num_turns >= self.budget.max_turns:
             return "turns"
         if traj.num_tool_calls + len(parsed.calls) + len(parsed.errors) > self.budget.max_tool_calls:
             return "tool_calls"
-        if self._wall_left(traj) <= 0:
+        if self._wall_left(traj, resumed) <= 0:
             return "wall_s"
         return ""
 
-    async def _run_tools(self, traj: Trajectory, parsed: ParsedTurn) -> list[ToolResult] | None:
+    async def _run_tools(self, traj: Trajectory, parsed: ParsedTurn, resumed: float) -> list[ToolResult] | None:
         """Every call of the turn, concurrently; None when the wall-time budget ran out first."""
         t0 = time.monotonic()
         try:
-            results = await asyncio.wait_for(self.tools.call_all(parsed), timeout=self._wall_left(traj))
+            results = await asyncio.wait_for(self.tools.call_all(parsed), timeout=self._wall_left(traj, resumed))
         except TimeoutError:
             return None
         finally:
@@ -316,9 +334,9 @@ class AgentLoop:
             left = min(left, self.budget.max_context_tokens - len(s.prompt_token_ids) - s.num_response_tokens)
         return left
 
-    def _wall_left(self, traj: Trajectory) -> float:
-        started = traj.started_s if traj.started_s is not None else time.monotonic()
-        return self.budget.max_wall_s - (time.monotonic() - started)
+    def _wall_left(self, traj: Trajectory, resumed: float) -> float:
+        """Seconds left of max_wall_s: time spent in earlier steps plus this one's (not time waiting between)."""
+        return self.budget.max_wall_s - traj.wall_s - (time.monotonic() - resumed)
 
 
 def agent_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:

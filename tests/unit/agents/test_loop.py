@@ -248,12 +248,28 @@ def test_template_mismatch_ends_the_trajectory_without_a_crash(tok: Any) -> None
     assert traj.text == _whole_text(tok, traj)
 
 
-def test_an_aborted_request_leaves_the_sample_pending(tok: Any) -> None:
-    batch = _play(_loop(tok), ScriptedWorker(tok, {0: [CALL, ANSWER]}, abort=[1]))
+def test_an_aborted_turn_continues_when_played_again(tok: Any) -> None:
+    call, answer = (tok.encode(x, add_special_tokens=False) for x in (CALL, ANSWER))
+    worker = ScriptedWorker(tok, {0: [call[:10], call[10:], answer[:3], answer[3:]]}, abort=[0, 2])
+    loop = _loop(tok)
+    batch = _play(loop, worker)  # policy version 3
     (traj,) = batch.trajectories
-    assert traj.sample.finish_reason is FinishReason.PENDING and not batch.groups[0].is_complete
-    assert [m for m, _ in _runs(traj.sample)] == [1, 0, 1]
-    traj.sample.validate()
+    s = traj.sample
+    assert s.finish_reason is FinishReason.PENDING and not batch.groups[0].is_complete
+    assert (traj.partial_turn, traj.num_turns, s.response_token_ids) == (call[:10], 0, call[:10])
+    asyncio.run(loop.play([traj], [worker], SAMPLING, 4))  # next step: the call completes, the answer is aborted
+    assert s.finish_reason is FinishReason.PENDING and traj.num_turns == 1 and traj.partial_turn == answer[:3]
+    assert worker.requests[1][2:] == (s.prompt_token_ids + call[:10], BUDGET.max_new_tokens_per_turn - 10)
+    asyncio.run(loop.play([traj], [worker], SAMPLING, 5))
+    runs = _runs(s)
+    assert [m for m, _ in runs] == [1, 0, 1] and runs[0][1] == call and runs[2][1] == answer
+    assert s.finish_reason is FinishReason.STOP and traj.num_turns == 2 and traj.partial_turn == []
+    assert s.policy_versions[:len(call) + 1] == [3] * 10 + [4] * (len(call) - 10) + [4]  # the tool turn: step 4
+    assert s.policy_versions[-len(answer):] == [4] * 3 + [5] * (len(answer) - 3)
+    assert tok.apply_chat_template(traj.messages, tools=loop.tools.schemas(), tokenize=False) == \
+        _whole_text(tok, traj) + "\n"
+    assert traj.wall_s > 0
+    s.validate()
 
 
 def test_python_tool_in_the_sandbox(tok: Any) -> None:

@@ -183,8 +183,9 @@ class AgentLoop:
 
     def start(self, messages: Sequence[Message], *, group_id: int, sample_index: int, prompt_id: int,
               answer: str = "") -> Trajectory:
-        """A new trajectory: the prompt rendered with the tools and the generation prompt."""
-        conversation = [dict(m) for m in messages]
+        """A new trajectory: the prompt rendered with the tools and the generation prompt. Keys whose value is
+        None are dropped (Arrow fills keys that only some messages of a file carry; templates test `is defined`)."""
+        conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
         text = self._render(conversation)
         ids = list(self.tokenizer.apply_chat_template(conversation, tools=self._schemas, add_generation_prompt=True,
                                                       tokenize=True, return_dict=False))
@@ -197,7 +198,8 @@ class AgentLoop:
 
     async def play(self, trajectories: Sequence[Trajectory], workers: Sequence[TurnWorker],
                    sampling: SamplingOptions, policy_version: int) -> dict[str, float]:
-        """Play every trajectory to its end concurrently; returns the metrics (`agent_metrics`)."""
+        """Play every trajectory to its end concurrently (finished ones are left as they are; unfinished ones
+        continue where they stopped); returns the metrics (`agent_metrics`) over all of them."""
         if not workers:
             raise ValueError("the agent loop needs at least one worker")
         await asyncio.gather(*(self.play_one(t, workers[t.sample.group_id % len(workers)], sampling, policy_version)
@@ -211,6 +213,8 @@ class AgentLoop:
         """Model turn, tools, tool turn, ... until a final answer, a budget, or an aborted request. An aborted
         trajectory stays PENDING with what it has; playing it again (next step, APRIL) continues the aborted turn.
         """
+        if traj.sample.is_finished:
+            return
         resumed = time.monotonic()
         try:
             await self._play(traj, worker, sampling, version, resumed)

@@ -224,8 +224,9 @@ def test_tools_run_while_other_trajectories_generate(tok: Any) -> None:
 
 def test_groups_ids_and_answers(tok: Any) -> None:
     worker = ScriptedWorker(tok, {i: [ANSWER] for i in range(3)})
-    prompts = [PROMPT, [{"role": "user", "content": "Hi"}]]
-    batch = asyncio.run(_loop(tok).play_groups(prompts, [worker, worker], num_samples_per_prompt=3,
+    prompts = [PROMPT, [{"role": "user", "content": "Hi", "name": None}]]  # None: a key Arrow filled in
+    loop = _loop(tok)
+    batch = asyncio.run(loop.play_groups(prompts, [worker, worker], num_samples_per_prompt=3,
                                                first_group_id=10, sampling=SAMPLING, policy_version=0,
                                                prompt_ids=[100, 200], answers=["5", "hello"]))
     assert [(g.group_id, g.prompt_id, len(g.samples)) for g in batch.groups] == [(10, 100, 3), (11, 200, 3)]
@@ -234,6 +235,9 @@ def test_groups_ids_and_answers(tok: Any) -> None:
     for g in batch.groups:
         g.validate()
         assert g.is_complete
+    assert batch.trajectories[3].messages[0] == {"role": "user", "content": "Hi"}
+    asyncio.run(loop.play(batch.trajectories, [worker], SAMPLING, 1))  # finished ones are left as they are
+    assert len(worker.requests) == 6
 
 
 def test_template_mismatch_ends_the_trajectory_without_a_crash(tok: Any) -> None:

@@ -17,6 +17,7 @@ from rlplat.agents.loop import AgentBudget, AgentLoop, Trajectory
 from rlplat.agents.tool_calls import parse_hermes
 from rlplat.agents.tools import ToolSet, build_toolset, calculator_tool, tool_from_function
 from rlplat.models import IM_END, build_bpe_tokenizer, default_corpus
+from rlplat.sandbox import Sandbox, SandboxLimits
 from rlplat.types import FinishReason, Sample, SamplingOptions
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>' + IM_END
@@ -276,12 +277,16 @@ def test_an_aborted_turn_continues_when_played_again(tok: Any) -> None:
     s.validate()
 
 
-def test_python_tool_in_the_sandbox(tok: Any) -> None:
-    call = '<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>' + IM_END
-    tools = build_toolset(["python", "calculator"])
-    batch = _play(_loop(tok, tools), ScriptedWorker(tok, {0: [call, ANSWER]}))
+def test_python_tool_in_the_sandbox_and_a_hostile_program(tok: Any) -> None:
+    turn = ('<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+            '<tool_call>{"name": "python", "arguments": {"code": "while True:\\n    pass"}}</tool_call>' + IM_END)
+    with Sandbox(max_concurrency=2, limits=SandboxLimits(timeout_s=1.0, cpu_s=1)) as sb:
+        tools = build_toolset(["python", "calculator"], sandbox=sb)
+        batch = _play(_loop(tok, tools, max_new_tokens_per_turn=400), ScriptedWorker(tok, {0: [turn, ANSWER]}))
     (traj,) = batch.trajectories
     assert traj.messages[3]["content"] == "exit status 0\nstdout:\n42\n"
+    assert traj.messages[4]["content"].startswith("killed")  # the endless loop: killed, the trajectory goes on
+    assert traj.sample.finish_reason is FinishReason.STOP and batch.metrics["agent/tool_errors"] == 0
     assert tok.apply_chat_template(traj.messages, tools=tools.schemas(), tokenize=False) == \
         _whole_text(tok, traj) + "\n"
 

@@ -23,11 +23,12 @@ import torch
 from rlplat.actors.env import make_env
 from rlplat.algos.advantages import ADVANTAGE_FNS
 from rlplat.config import ConfigError, RunConfig
+from rlplat.data.datasets import EpochCursor
 from rlplat.data.producer import Producer
+from rlplat.driver.prompts import PromptSet
 from rlplat.driver.workers import Workers
 from rlplat.envs.agent_loop import EpisodeBudget, EpisodeFormat, episode_budget, episode_format, play_episodes
 from rlplat.envs.episode_april import EpisodeAprilManager, make_episode_april
-from rlplat.envs.tasks import Problem, PromptCursor
 from rlplat.envs.text_env import TextEnv
 from rlplat.models import max_context_length
 from rlplat.rewards.basic import RewardInputs
@@ -80,18 +81,6 @@ class RolloutOptions:
         return dataclasses.replace(opts, env_seed=cfg.env.seed, budget=budget, fmt=episode_format(cfg.env))
 
 
-def make_groups(problems: list[Problem], tokens: Tokens, num_samples: int, first_group_id: int) -> list[Group]:
-    """One group of `num_samples` empty samples per problem, ids counting up from first_group_id."""
-    groups = []
-    for k, p in enumerate(problems):
-        prompt_ids = tokens.encode(p.prompt)
-        gid = first_group_id + k
-        samples = [Sample(group_id=gid, sample_index=i, prompt_id=p.prompt_id, prompt_token_ids=list(prompt_ids),
-                          answer=p.answer) for i in range(num_samples)]
-        groups.append(Group(group_id=gid, prompt_id=p.prompt_id, samples=samples))
-    return groups
-
-
 # ------------------------------------------------------------------------------------------------------ rollouts
 class Rollout(Protocol):
     def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
@@ -110,12 +99,12 @@ class Rollout(Protocol):
 class PromptBatches:
     """N fresh prompts x G samples, one batch; `Workers.generate` re-issues them if an engine dies."""
 
-    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: PromptCursor, tokens: Tokens) -> None:
-        self.opts, self.workers, self.cursor, self.tokens = opts, workers, cursor, tokens
+    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: EpochCursor, prompts: PromptSet) -> None:
+        self.opts, self.workers, self.cursor, self.prompts = opts, workers, cursor, prompts
 
     def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
-        groups = make_groups(self.cursor.take(self.opts.num_groups), self.tokens, self.opts.group_size,
-                             first_group_id=step * GROUP_IDS_PER_STEP)
+        groups = self.prompts.groups(self.cursor.take(self.opts.num_groups), self.opts.group_size,
+                                     first_group_id=step * GROUP_IDS_PER_STEP)
         return self.workers.generate(groups, self.opts.sampling, version), {}
 
     def state(self) -> list[Any]:
@@ -131,9 +120,9 @@ class PromptBatches:
 class PromptApril(PromptBatches):
     """APRIL over the engines (rlplat/rollout/april_manager.py): stop at N complete groups, keep the rest."""
 
-    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: PromptCursor, tokens: Tokens, *,
+    def __init__(self, opts: RolloutOptions, workers: Workers, cursor: EpochCursor, prompts: PromptSet, *,
                  over_provision: float, max_age_in_versions: int) -> None:
-        super().__init__(opts, workers, cursor, tokens)
+        super().__init__(opts, workers, cursor, prompts)
         self.april = AprilManager(workers.engines(), over_provision=over_provision,
                                   max_age_in_versions=max_age_in_versions)
 
@@ -142,7 +131,7 @@ class PromptApril(PromptBatches):
             first_id = step * GROUP_IDS_PER_STEP + k * 100_000  # fresh() runs at most once per attempt
 
             def fresh(n: int) -> list[Group]:
-                return make_groups(self.cursor.take(n), self.tokens, self.opts.group_size, first_group_id=first_id)
+                return self.prompts.groups(self.cursor.take(n), self.opts.group_size, first_group_id=first_id)
 
             result = asyncio.run(self.april.collect(self.opts.num_groups, fresh, self.opts.sampling, version))
             return result.groups, result.metrics
@@ -219,14 +208,14 @@ class EpisodeApril(Episodes):
         self.april.close()
 
 
-def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: PromptCursor,
+def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: EpochCursor, prompts: PromptSet,
                  env: TextEnv | None) -> Rollout:
     """The spec's rollout: prompts or env episodes (env.task_id), with or without APRIL (rollout.partial)."""
     opts, partial = RolloutOptions.from_spec(cfg), cfg.rollout.partial
     if env is None:
         if not partial.enabled:
-            return PromptBatches(opts, workers, cursor, tokens)
-        return PromptApril(opts, workers, cursor, tokens, over_provision=partial.over_provision,
+            return PromptBatches(opts, workers, cursor, prompts)
+        return PromptApril(opts, workers, cursor, prompts, over_provision=partial.over_provision,
                            max_age_in_versions=partial.max_age_in_versions)
     if not partial.enabled:
         return Episodes(opts, workers, env, tokens)
@@ -236,8 +225,10 @@ def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: Promp
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
-def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[float] | None = None) -> RewardInputs:
-    """The batch record reward functions read; each distinct answer is tokenised once (a group shares one)."""
+def reward_inputs(samples: list[Sample], tokens: Tokens, prompts: PromptSet | None = None, *,
+                  env_returns: list[float] | None = None) -> RewardInputs:
+    """The batch record reward functions read: token ids, decoded text, and each sample's dataset row (by its
+    prompt_id in `prompts`). Each distinct answer is tokenised once (a group shares one)."""
     answer_ids = {a: tokens.encode(a) for a in {s.answer for s in samples}}
     return RewardInputs(
         response_token_ids=[s.response_token_ids for s in samples],
@@ -246,15 +237,17 @@ def reward_inputs(samples: list[Sample], tokens: Tokens, *, env_returns: list[fl
         answer_token_ids=[answer_ids[s.answer] for s in samples],
         eos_token_id=tokens.eos_token_id,
         env_returns=env_returns,
+        columns=[prompts.columns(s.prompt_id) for s in samples] if prompts is not None else (),
     )
 
 
-def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, workers: Workers | None = None) -> dict[str, float]:
+def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, prompts: PromptSet | None,
+          workers: Workers | None = None) -> dict[str, float]:
     """Set `sample.reward` on every sample; returns reward metrics. Scored here, or in the reward actor
     (placement.reward_actor) with the same functions and the same RewardError on a failure."""
     samples = [s for g in groups for s in g.samples]
     env_returns = [s.reward or 0.0 for s in samples] if cfg.env.task_id else None  # set by the episode loop
-    inputs = reward_inputs(samples, tokens, env_returns=env_returns)
+    inputs = reward_inputs(samples, tokens, None if cfg.env.task_id else prompts, env_returns=env_returns)
     if workers is not None and workers.reward is not None:
         rewards, metrics = workers.score(inputs)
     else:
@@ -267,9 +260,9 @@ def score(cfg: RunConfig, groups: list[Group], tokens: Tokens, workers: Workers 
 class Experience:
     """One batch of scored groups per call: the rollout, then the rewards, then the rollout metrics."""
 
-    def __init__(self, cfg: RunConfig, workers: Workers, tokens: Tokens, rollout: Rollout,
+    def __init__(self, cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: PromptSet, rollout: Rollout,
                  save_unscored: Any) -> None:
-        self.cfg, self.workers, self.tokens, self.rollout = cfg, workers, tokens, rollout
+        self.cfg, self.workers, self.tokens, self.prompts, self.rollout = cfg, workers, tokens, prompts, rollout
         self.save_unscored = save_unscored  # (step, groups) -> path: a failed reward loses no generated work
 
     def produce(self, batch_index: int, version: int) -> tuple[list[Group], dict[str, float]]:
@@ -277,7 +270,7 @@ class Experience:
         groups, metrics = self.rollout.collect(batch_index + 1, version)
         t_scored = time.perf_counter()
         try:
-            metrics |= score(self.cfg, groups, self.tokens, self.workers)
+            metrics |= score(self.cfg, groups, self.tokens, self.prompts, self.workers)
         except RewardError as e:  # keep the step's samples: a fixed reward can score them later
             raise RewardError(f"{e}; the step's samples are saved in {self.save_unscored(batch_index + 1, groups)}"
                               ) from e

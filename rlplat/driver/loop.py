@@ -32,7 +32,6 @@ from rlplat.driver.experience import (
     start_producer,
 )
 from rlplat.driver.workers import ActorDied, Workers, engine_options, init_ray
-from rlplat.envs.tasks import PromptCursor
 from rlplat.envs.text_env import TextEnv
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.tracking import Tracker
@@ -60,17 +59,17 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
     try:
         workers = Workers.start(cfg, engine_options(cfg))
         env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # driver, or env.in_actor
-        cursor = PromptCursor(inputs.train_problems, seed=cfg.data.seed)
-        rollout = make_rollout(cfg, workers, inputs.tokens, cursor, env)
-        experience = Experience(cfg, workers, inputs.tokens, rollout,
+        cursor = rs.make_cursor(cfg, inputs.train_prompts, resumed)
+        rollout = make_rollout(cfg, workers, inputs.tokens, cursor, inputs.train_prompts, env)
+        experience = Experience(cfg, workers, inputs.tokens, inputs.train_prompts, rollout,
                                 save_unscored=lambda step, groups: rs.save_unscored(cfg.output_dir, step, groups))
         replay = ReplayBuffer(cfg.algorithm.remix, seed=cfg.experiment.seed)  # ReMix: past groups; inert otherwise
         version, start_step = 0, 1
         if resumed:
-            version = rs.restore_checkpoint(resumed, workers, cursor, rollout, replay)
+            version = rs.restore_checkpoint(resumed, workers, rollout, replay)
             start_step = resumed[1].step + 1
         else:
-            tracker.log_metrics(0, evaluate_policy(cfg, workers, env, inputs.eval_problems, inputs.tokens))
+            tracker.log_metrics(0, evaluate_policy(cfg, workers, env, inputs))
         producer = start_producer(cfg, experience, first_batch=start_step - 1,
                                   restored=resumed[1].store_groups if resumed else [])
         groups: list[Group] = []
@@ -99,6 +98,8 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             log_step(cfg, tracker, step, metrics, groups, inputs.tokens)
             every, last = cfg.checkpoint.every_steps, cfg.experiment.num_steps
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < last:  # the last: finish_run
+                tracker.log_metrics(step, evaluate_policy(cfg, workers, env, inputs))
             if every and (step % every == 0 or step == last):
                 rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay)
         stop(producer)
@@ -132,7 +133,7 @@ def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv 
     """After the last step: final evaluation, a check that the engines hold the learner's weights, the final
     policy saved to output_dir/final_model and registered in MLflow with the final metrics, the reward curve."""
     last = cfg.experiment.num_steps
-    tracker.log_metrics(last, evaluate_policy(cfg, workers, env, inputs.eval_problems, inputs.tokens))
+    tracker.log_metrics(last, evaluate_policy(cfg, workers, env, inputs))
     if last_groups:
         probe = last_groups[0].samples[0]
         tracker.log_metrics(last, workers.verify(probe.prompt_token_ids + probe.response_token_ids))

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from rlplat import checkpoint as ck
 from rlplat.config import ConfigError, RunConfig, dump_yaml, to_dict
+from rlplat.data.datasets import EpochCursor, common_columns
 from rlplat.data.producer import Producer
 from rlplat.driver.experience import Rollout, Tokens
+from rlplat.driver.prompts import PromptSet, load_prompt_sets
 from rlplat.driver.workers import Workers, ray_job_tags
 from rlplat.envs.agent_loop import episode_format
 from rlplat.envs.registry import make_episode_env
-from rlplat.envs.tasks import Problem, PromptCursor, make_split
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
-from rlplat.rewards.registry import load_reward
+from rlplat.rewards.registry import check_reward_columns, load_reward
 from rlplat.types import Group
 
 log = logging.getLogger("rlplat")
@@ -39,11 +40,11 @@ class RunResult:
 
 @dataclass(frozen=True, slots=True)
 class RunInputs:
-    """What preflight read and checked: the tokenizer and the prompt splits."""
+    """What preflight read and checked: the tokenizer and the tokenized prompts (eval None: no eval files)."""
 
     tokens: Tokens
-    train_problems: list[Problem]
-    eval_problems: list[Problem]
+    train_prompts: PromptSet
+    eval_prompts: PromptSet | None
 
 
 # ------------------------------------------------------------------------------------------------------ checks
@@ -59,10 +60,15 @@ def preflight(cfg: RunConfig) -> RunInputs:
         except ValueError as e:
             raise ConfigError(f"reward.terms: {e}") from None
     tokens = Tokens(cfg.model.path)
-    d = cfg.data
-    train = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed, split="train")
-    evals = make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_eval_prompts, seed=d.seed, split="eval")
-    longest = max(len(tokens.encode(p.prompt)) for p in train + evals)
+    train, evals = load_prompt_sets(cfg, tokens.tok)
+    sets = [train] + ([evals] if evals is not None else [])
+    if not cfg.env.task_id:  # every reward term finds the dataset columns it reads
+        for s in sets:
+            try:
+                check_reward_columns([t.name for t in cfg.reward.terms], common_columns(s.rows), where=s.rows[0].source)
+            except ValueError as e:
+                raise ConfigError(f"reward.terms: {e}") from None
+    longest = max(len(ids) for s in sets for ids in s.prompt_token_ids)
     if cfg.env.task_id:  # env episodes replace the prompt task: their prompts are rendered observations
         longest = longest_episode_prompt(cfg, tokens)
     context = max_context_length(cfg.model.path)
@@ -72,6 +78,16 @@ def preflight(cfg: RunConfig) -> RunInputs:
             f"model context of {context} tokens ({cfg.model.path})"
         )
     return RunInputs(tokens, train, evals)
+
+
+def make_cursor(cfg: RunConfig, train: PromptSet, resumed: Resumed | None) -> EpochCursor:
+    """The epoch cursor over the train prompts: fresh (seeded by data.seed), or where the checkpoint left it."""
+    if resumed is None:
+        return EpochCursor(len(train), seed=cfg.data.seed, shuffle=cfg.data.shuffle)
+    try:
+        return EpochCursor.from_state(resumed[1].cursor, num_rows=len(train))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"cannot resume from {resumed[0]}: its data cursor does not fit the data ({e})") from None
 
 
 def longest_episode_prompt(cfg: RunConfig, tokens: Tokens) -> int:
@@ -135,7 +151,7 @@ def check_fresh_start(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: PromptCursor,
+def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: EpochCursor,
                     rollout: Rollout, producer: Producer | None, replay: ReplayBuffer) -> Path:
     """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
     root = ck.checkpoint_root(cfg.output_dir)
@@ -154,12 +170,11 @@ def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, worker
             producer.resume()
 
 
-def restore_checkpoint(resumed: Resumed, workers: Workers, cursor: PromptCursor, rollout: Rollout,
-                       replay: ReplayBuffer) -> int:
-    """Load a checkpoint into fresh workers; returns the policy version (the engines get those weights)."""
+def restore_checkpoint(resumed: Resumed, workers: Workers, rollout: Rollout, replay: ReplayBuffer) -> int:
+    """Load a checkpoint into fresh workers (the cursor: `make_cursor`); returns the policy version (the engines
+    get those weights)."""
     path, state = resumed
     workers.load_learner_state(path / "learner")
-    cursor.load_state(state.cursor)
     rollout.load_state(state.partial_buffer)
     if state.replay:
         replay.load_state(state.replay)

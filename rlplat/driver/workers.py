@@ -12,11 +12,14 @@ issued again (`Workers.retrying`); a learner that dies or hangs stops the run wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,8 +90,15 @@ class RemoteEngine:
 
 # ----------------------------------------------------------------------------------------------------- start-up
 def init_ray(cfg: RunConfig) -> None:
-    """Attach to a running cluster (`ray job submit`, RAY_ADDRESS, `ray start`), else start a local instance.
-    Every process of the run (this one included) runs with the hub switched off (OFFLINE_ENV)."""
+    """Attach to a cluster someone started on purpose, else start this run's own private local Ray instance.
+
+    cluster.address `auto` attaches to the cluster of `ray job submit` or RAY_ADDRESS, else to the one `ray start`
+    recorded on this machine, and never to another run's local instance: those are marked private (a key in Ray's
+    KV store) and declined with a warning. `local` always starts a private instance; any other value attaches there.
+    A private instance listens on 127.0.0.1 only (GCS, raylet, metrics endpoints) while cluster.dashboard_host is a
+    loopback address, and Ray's token file is created 0600. Every process of the run (this one included) runs with
+    the hub switched off (OFFLINE_ENV).
+    """
     os.environ.update(OFFLINE_ENV)
     if ray.is_initialized():
         return
@@ -97,14 +107,90 @@ def init_ray(cfg: RunConfig) -> None:
     if address not in ("auto", "local"):
         ray.init(address=address, runtime_env=env)
         return
-    if address == "auto":
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+    if address == "auto" and _deliberate_cluster():
         try:
             ray.init(address="auto", runtime_env=env)
-            return
-        except ConnectionError:
+        except ConnectionError:  # the cluster `ray start` recorded has stopped since
             pass
-    ray.init(address="local", num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
-             dashboard_host=cfg.cluster.dashboard_host, runtime_env=env)
+        else:
+            owner = _internal_kv_get(PRIVATE_RAY_KEY, namespace="rlplat")
+            if owner is None:
+                return
+            log.warning("cluster.address auto: the Ray instance at %s is the private local instance of another run "
+                        "(pid %s); starting this run's own", ray.get_runtime_context().gcs_address, owner.decode())
+            ray.shutdown()
+    _private_token_file()
+    with _node_address_on_loopback(_is_loopback(cfg.cluster.dashboard_host)):
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
+                 dashboard_host=cfg.cluster.dashboard_host, runtime_env=env)
+    _internal_kv_put(PRIVATE_RAY_KEY, str(os.getpid()).encode(), namespace="rlplat")
+
+
+PRIVATE_RAY_KEY = b"private_local_instance"  # KV key (namespace "rlplat") that marks a run's own local Ray
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _deliberate_cluster() -> bool:
+    """A cluster was named (RAY_ADDRESS, set by `ray job submit` too) or started with `ray start` on this machine.
+    Ray's own `auto` would also pick any local instance it finds among the running processes: another run's."""
+    from ray._private.utils import read_ray_address  # the address file `ray start` writes (ray_current_cluster)
+
+    return bool(os.environ.get("RAY_ADDRESS")) or read_ray_address() is not None
+
+
+@contextlib.contextmanager
+def _node_address_on_loopback(enabled: bool) -> Iterator[None]:
+    """While a local instance starts: its node address is 127.0.0.1, so Ray binds its GCS, raylet, worker and
+    Prometheus metrics ports (agent, dashboard, autoscaler) there instead of all interfaces. Ray does exactly this
+    where it supports no clusters (macOS, Windows); its processes read the flag from the environment they inherit,
+    this one from a module constant. Both are restored afterwards (the node address is then fixed)."""
+    import ray._private.ray_constants as ray_constants
+
+    flag = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(flag)
+    if enabled:
+        ray_constants.ENABLE_RAY_CLUSTER, os.environ[flag] = False, "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(flag, None)
+        else:
+            os.environ[flag] = saved[1]
+
+
+def _private_token_file() -> None:
+    """Ray (token auth, the default for a local instance) writes ~/.ray/auth_token readable by everyone: write it
+    first, 0600, and make an existing one of ours 0600 too. Nothing to do when the token comes from RAY_AUTH_TOKEN
+    or RAY_AUTH_TOKEN_PATH, or when RAY_AUTH_MODE switches token auth off."""
+    import secrets
+    import stat
+
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or \
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # what Ray itself generates: 256 random bits, hex
+    except FileExistsError:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            path.chmod(0o600)
+            log.info("made Ray's token file %s readable by its owner only (0600)", path)
+    except OSError as e:  # a read-only home: Ray reports what it needs
+        log.warning("could not write Ray's token file %s: %s", path, e)
 
 
 def ray_job_tags() -> dict[str, str]:

@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rlplat.config import ConfigError, load_config
+from rlplat.data.datasets import EpochCursor
 from rlplat.driver import loop, run_state
-from rlplat.envs.tasks import PromptCursor, make_split
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -37,9 +37,8 @@ def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, 
     trained = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     assert [t["step"] for t in trained] == [1, 2, 3, 4]
     d = cfg.data
-    cursor = PromptCursor(make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed,
-                                     split="train"), seed=d.seed)
-    expected = [[p.prompt_id for p in cursor.take(cfg.rollout.num_prompts_per_step)] for _ in range(4)]
+    cursor = EpochCursor(d.num_train_prompts, seed=d.seed, shuffle=d.shuffle)  # the run's prompt order, from step 1
+    expected = [cursor.take(cfg.rollout.num_prompts_per_step) for _ in range(4)]
     assert [t["prompt_ids"] for t in trained] == expected  # same order as an uninterrupted run, none twice
 
 

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rlplat.config import load_config
+from rlplat.data.datasets import EpochCursor
 from rlplat.driver import loop
-from rlplat.envs.tasks import PromptCursor, make_split
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -59,9 +59,8 @@ def test_killed_rollout_actor_is_restarted_and_nothing_is_lost(ray_session, tiny
 
     trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     d = cfg.data
-    cursor = PromptCursor(make_split(d.task, num_digits=d.num_digits, num_prompts=d.num_train_prompts, seed=d.seed,
-                                     split="train"), seed=d.seed)
-    expected = [[p.prompt_id for p in cursor.take(cfg.rollout.num_prompts_per_step)] for _ in range(4)]
+    cursor = EpochCursor(d.num_train_prompts, seed=d.seed, shuffle=d.shuffle)  # the run's prompt order, from step 1
+    expected = [cursor.take(cfg.rollout.num_prompts_per_step) for _ in range(4)]
     assert [t["prompt_ids"] for t in trained] == expected
 
 

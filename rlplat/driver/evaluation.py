@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from rlplat.actors.env import make_env
 from rlplat.algos.pass_at_k import mean_at_k, pass_at_k_from_rewards
 from rlplat.config import RunConfig
-from rlplat.driver.experience import RolloutOptions, Tokens, reward_inputs, score
+from rlplat.driver.experience import RolloutOptions, Tokens, reward_inputs, sample_rows, score
 from rlplat.driver.prompts import PromptSet
 from rlplat.driver.run_state import RunInputs, RunResult, preflight, run_tags
 from rlplat.driver.workers import Workers, engine_options
@@ -28,13 +29,19 @@ from rlplat.tracking import Tracker
 from rlplat.types import Group, SamplingOptions
 
 
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    groups: list[Group] = field(default_factory=list)  # the greedy responses, for a table of samples
+
+
 def evaluate_policy(cfg: RunConfig, workers: Workers, env: TextEnv | None, inputs: RunInputs, *,
-                    num_samples: int | None = None) -> dict[str, float]:
+                    num_samples: int | None = None) -> Evaluation:
     """Greedy evaluation (and k sampled responses per prompt, eval.num_samples): the eval prompts, or one env
     episode from each held-out seed."""
     if env is None:
         if inputs.eval_prompts is None:
-            return {}
+            return Evaluation({})
         k = cfg.eval.num_samples if num_samples is None else num_samples
         return evaluate_prompts(cfg, workers, inputs.tokens, inputs.eval_prompts, num_samples=k)
     opts = RolloutOptions.from_spec(cfg)
@@ -43,11 +50,12 @@ def evaluate_policy(cfg: RunConfig, workers: Workers, env: TextEnv | None, input
         env, workers.engines(), inputs.tokens, seeds=[2**30 + cfg.env.seed + i for i in range(env.num_envs)],
         num_samples_per_seed=1, first_group_id=-env.num_envs - 1, budget=opts.budget, fmt=opts.fmt,
         sampling=SamplingOptions(max_new_tokens=1, temperature=0.0), policy_version=-1))
-    return {k.replace("env/", "eval/"): v for k, v in batch.metrics.items() if k.startswith("env/")}
+    return Evaluation({k.replace("env/", "eval/"): v for k, v in batch.metrics.items() if k.startswith("env/")},
+                      batch.groups)
 
 
 def evaluate_prompts(cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: PromptSet, *,
-                     num_samples: int = 1) -> dict[str, float]:
+                     num_samples: int = 1) -> Evaluation:
     """Greedy decoding of every eval prompt, scored by the spec's reward (eval/reward_mean), with exact match
     and per-position accuracy against the `answer` column when the data has one; with num_samples = k > 1 also
     k sampled responses per prompt: eval/mean_at_k, eval/pass_at_k (reward >= 1 counts as correct)."""
@@ -67,7 +75,15 @@ def evaluate_prompts(cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: 
                                   RolloutOptions.from_spec(cfg).sampling, -1)
         score(cfg, groups, tokens, prompts)
         metrics |= sampled_eval_metrics(groups)
-    return metrics
+    return Evaluation(metrics, greedy)
+
+
+def log_evaluation(tracker: Tracker, step: int, evaluation: Evaluation, tokens: Tokens, num_rows: int,
+                   name: str) -> None:
+    """The metrics at `step`, and the greedy responses as a table of samples (samples/<name>.json)."""
+    tracker.log_metrics(step, evaluation.metrics)
+    if evaluation.groups:
+        tracker.log_table(sample_rows(step, evaluation.groups, tokens, num_rows), f"samples/{name}.json")
 
 
 def sampled_eval_metrics(groups: list[Group]) -> dict[str, float]:
@@ -96,7 +112,8 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str, *, num_samples: int = 4
     tracker, env, status = Tracker(cfg, tags=tags), None, "FAILED"
     try:
         env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None
-        tracker.log_metrics(source.step, evaluate_policy(cfg, workers, env, inputs, num_samples=num_samples))
+        log_evaluation(tracker, source.step, evaluate_policy(cfg, workers, env, inputs, num_samples=num_samples),
+                       inputs.tokens, cfg.tracking.num_logged_samples, "eval")
         status = "FINISHED"
     finally:
         tracker.finish(status)

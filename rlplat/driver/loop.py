@@ -18,7 +18,7 @@ from rlplat.actors.env import make_env
 from rlplat.config import RunConfig
 from rlplat.data.producer import Producer
 from rlplat.driver import run_state as rs
-from rlplat.driver.evaluation import evaluate_policy
+from rlplat.driver.evaluation import Evaluation, evaluate_policy, log_evaluation
 from rlplat.driver.experience import (
     Experience,
     Rollout,
@@ -69,7 +69,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
             version = rs.restore_checkpoint(resumed, workers, rollout, replay)
             start_step = resumed[1].step + 1
         else:
-            tracker.log_metrics(0, evaluate_policy(cfg, workers, env, inputs))
+            log_eval(cfg, tracker, 0, evaluate_policy(cfg, workers, env, inputs), inputs)
         producer = start_producer(cfg, experience, first_batch=start_step - 1,
                                   restored=resumed[1].store_groups if resumed else [])
         groups: list[Group] = []
@@ -99,7 +99,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
             log_step(cfg, tracker, step, metrics, groups, inputs.tokens)
             every, last = cfg.checkpoint.every_steps, cfg.experiment.num_steps
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < last:  # the last: finish_run
-                tracker.log_metrics(step, evaluate_policy(cfg, workers, env, inputs))
+                log_eval(cfg, tracker, step, evaluate_policy(cfg, workers, env, inputs), inputs)
             if every and (step % every == 0 or step == last):
                 rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay)
         stop(producer)
@@ -128,12 +128,17 @@ def log_step(cfg: RunConfig, tracker: Tracker, step: int, metrics: dict[str, flo
                           f"samples/step_{step:06d}.json")
 
 
+def log_eval(cfg: RunConfig, tracker: Tracker, step: int, evaluation: Evaluation, inputs: rs.RunInputs) -> None:
+    log_evaluation(tracker, step, evaluation, inputs.tokens, cfg.tracking.num_logged_samples,
+                   f"eval_step_{step:06d}")
+
+
 def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv | None, inputs: rs.RunInputs,
                last_groups: list[Group]) -> None:
     """After the last step: final evaluation, a check that the engines hold the learner's weights, the final
     policy saved to output_dir/final_model and registered in MLflow with the final metrics, the reward curve."""
     last = cfg.experiment.num_steps
-    tracker.log_metrics(last, evaluate_policy(cfg, workers, env, inputs))
+    log_eval(cfg, tracker, last, evaluate_policy(cfg, workers, env, inputs), inputs)
     if last_groups:
         probe = last_groups[0].samples[0]
         tracker.log_metrics(last, workers.verify(probe.prompt_token_ids + probe.response_token_ids))

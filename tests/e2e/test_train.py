@@ -98,7 +98,8 @@ def test_eval_of_a_checkpoint_logs_an_evaluation_run_under_the_training_run(grpo
         assert run.data.metrics[key] == pytest.approx(trained[key]), key
     assert [m.step for m in client.get_metric_history(eval_run.run_id, "eval/exact_match")] == [3]
     metrics = run.data.metrics
-    assert 0.0 <= metrics["eval/sampled_reward_mean"] <= metrics["eval/sampled_best_of_k"] <= 1.0
+    assert 0.0 <= metrics["eval/mean_at_k"] <= metrics["eval/best_of_k"] <= 1.0
+    assert 0.0 <= metrics["eval/pass_at_k"] <= 1.0 and metrics["eval/k"] == 2
     assert "samples/eval.json" in {a.path for a in client.list_artifacts(eval_run.run_id, "samples")}
 
 

@@ -12,6 +12,7 @@ from rlplat.algos.losses import entropy_from_logits, logp_from_logits
 from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
 from rlplat.learners.fused_head import fused_linear_logp
 from rlplat.learners.microbatch import make_micro_batches
+
 from .test_policy_learner import _batch, _samples
 
 N, H, V = 37, 8, 29

@@ -43,12 +43,12 @@ def test_actor_scores_like_the_driver_and_names_a_failing_function(ray_session, 
     actor = RewardActor.remote(workers.absolute_reward_paths(cfg.reward))
 
     in_actor, in_driver = _groups(tokens), _groups(tokens)
-    metrics = experience.score(cfg, in_actor, tokens, workers.Workers(rollout=[], reward=actor))
-    assert metrics == experience.score(cfg, in_driver, tokens)
+    metrics = experience.score(cfg, in_actor, tokens, None, workers.Workers(rollout=[], reward=actor))
+    assert metrics == experience.score(cfg, in_driver, tokens, None)
     assert [s.reward for s in in_actor[0].samples] == [1.0, 2.0, 0.5 + 2.0]  # 0.5 * len + 2 * exact_match
 
     bad = load_config(ROOT / "configs/smoke/grpo.yaml", [f"model.path={tiny_model_dir}",
                                                           "reward.terms=[{name: rewards.py:broken}]"])
     actor = RewardActor.remote(workers.absolute_reward_paths(bad.reward))
     with pytest.raises(RewardError, match="reward function '.*rewards.py:broken' raised KeyError"):
-        experience.score(bad, _groups(tokens), tokens, workers.Workers(rollout=[], reward=actor))
+        experience.score(bad, _groups(tokens), tokens, None, workers.Workers(rollout=[], reward=actor))

@@ -33,8 +33,9 @@ from rlplat.models import check_model_dir, max_context_length
 from rlplat.tracking import Tracker
 
 log = logging.getLogger("rlplat")
-# Files a model directory needs besides the weights, copied from model.path when the tokenizer does not write them.
-MODEL_DIR_EXTRAS = ("generation_config.json",)
+# Files of model.path that the trained weights replace; every other file (tokenizer files, chat template, generation
+# config, license) is copied as it is, so the saved directory tokenizes exactly as model.path does.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, inputs: SftInputs | None 
             every = cfg.checkpoint.every_steps
             if every and (step % every == 0 or step == inputs.num_steps):
                 _checkpoint(cfg, step, learner, cursor, tracker.run_id)
-        out = save_model(cfg, learner, inputs.tokenizer)
+        out = save_model(cfg, learner)
         tracker.set_tag("rlplat.final_model_dir", str(out.resolve()))
         final = {k: v[-1][1] for k, v in tracker.history.items() if k in ("loss/sft", "eval/sft_loss")}
         tracker.register_model(out, cfg.tracking.registered_model_name or f"{cfg.experiment.name}-sft", final)
@@ -166,17 +167,16 @@ def _progress_line(step: int, num_steps: int, m: dict[str, float]) -> str:
             f"{m['perf/step_time_s']:.2f} s/step")
 
 
-def save_model(cfg: RunConfig, learner: SftLearner, tokenizer: Any) -> Path:
-    """A complete model directory: weights and config (LoRA merged), tokenizer files with the chat template, and
-    model.path's generation config (vLLM reads its stop tokens there)."""
+def save_model(cfg: RunConfig, learner: SftLearner) -> Path:
+    """A complete model directory: the trained weights and config (LoRA merged), and model.path's other files
+    byte for byte: tokenizer files, chat template, generation config (vLLM reads its stop tokens there). The
+    tokenizer is copied, not re-saved: transformers may save a loaded tokenizer under another class."""
     out = save_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     learner.save(str(out))
-    tokenizer.save_pretrained(str(out))
-    for name in MODEL_DIR_EXTRAS:
-        src = Path(cfg.model.path) / name
-        if src.is_file():
-            shutil.copyfile(src, out / name)
+    for src in sorted(Path(cfg.model.path).iterdir()):
+        if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copyfile(src, out / src.name)
     return out
 
 

@@ -53,6 +53,8 @@ def test_sft_run_logs_and_saves_a_model_dir_for_rlplat_train(setup: Path, capsys
     AutoModelForCausalLM.from_pretrained(model_dir)
     tok, base = AutoTokenizer.from_pretrained(model_dir), AutoTokenizer.from_pretrained(setup / "model")
     assert tok.chat_template == base.chat_template and tok.get_vocab() == base.get_vocab()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (model_dir / name).read_bytes() == (setup / "model" / name).read_bytes(), name
     assert tok.eos_token == "<|im_end|>"
     gen = json.loads((model_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tok.eos_token_id

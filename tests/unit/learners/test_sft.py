@@ -96,3 +96,22 @@ def test_tiny_bpe_model_learns_arithmetic_answers(bpe_dir: Path, tok, tmp_path: 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"],
                                learner.model.state_dict()["model.embed_tokens.weight"])
+
+
+def test_lora_saves_a_full_model_with_the_adapters_merged(bpe_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rlplat.config import LoraConfig
+    from rlplat.learners.lora import merged_state_dict
+
+    learner = SftLearner(str(bpe_dir), LearnerConfig(lr=1e-2), dtype="float32", seed=0,
+                         lora=LoraConfig(rank=4, target_modules=("q_proj", "v_proj")))
+    learner.train_step(_samples())
+    learner.save(str(tmp_path))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
+    merged = merged_state_dict(learner.model)
+    assert not any("lora" in k for k in saved)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(saved[name], merged[name])
+    base = AutoModelForCausalLM.from_pretrained(bpe_dir).state_dict()[name]
+    assert not torch.equal(saved[name], base)  # the adapter's update is in the saved weights

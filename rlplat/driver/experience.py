@@ -22,6 +22,7 @@ import torch
 
 from rlplat.actors.env import make_env
 from rlplat.algos.advantages import ADVANTAGE_FNS
+from rlplat.algos.filters import nonzero_variance_groups
 from rlplat.config import ConfigError, RunConfig
 from rlplat.data.datasets import EpochCursor
 from rlplat.data.producer import Producer
@@ -36,7 +37,11 @@ from rlplat.rewards.registry import RewardError, score_with_spec
 from rlplat.rollout.april_manager import AprilManager
 from rlplat.types import Group, Sample, SamplingOptions, TrainBatch
 
-GROUP_IDS_PER_STEP = 1_000_000  # group ids of step s start at s * this; a retried attempt adds attempt * 100_000
+
+def first_group_id(step: int, draw: int = 0, attempt: int = 0) -> int:
+    """Group ids unique across the run: step s, its draw d (dynamic sampling) and retry attempt a (engine died).
+    At most 10,000 groups per attempt, 9 attempts, 9 draws."""
+    return step * 1_000_000 + draw * 100_000 + attempt * 10_000
 
 
 class Tokens:
@@ -83,8 +88,9 @@ class RolloutOptions:
 
 # ------------------------------------------------------------------------------------------------------ rollouts
 class Rollout(Protocol):
-    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
-        """Step `step`'s N complete groups, generated with policy `version`, and rollout metrics."""
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
+        """Step `step`'s N complete groups, generated with policy `version`, and rollout metrics. `draw` > 0: more
+        groups for the same step (dynamic sampling), with fresh prompts and group ids."""
         ...
 
     def state(self) -> list[Any]:
@@ -102,9 +108,9 @@ class PromptBatches:
     def __init__(self, opts: RolloutOptions, workers: Workers, cursor: EpochCursor, prompts: PromptSet) -> None:
         self.opts, self.workers, self.cursor, self.prompts = opts, workers, cursor, prompts
 
-    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
         groups = self.prompts.groups(self.cursor.take(self.opts.num_groups), self.opts.group_size,
-                                     first_group_id=step * GROUP_IDS_PER_STEP)
+                                     first_group_id=first_group_id(step, draw))
         return self.workers.generate(groups, self.opts.sampling, version), {}
 
     def state(self) -> list[Any]:
@@ -126,9 +132,9 @@ class PromptApril(PromptBatches):
         self.april = AprilManager(workers.engines(), over_provision=over_provision,
                                   max_age_in_versions=max_age_in_versions)
 
-    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
         def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
-            first_id = step * GROUP_IDS_PER_STEP + k * 100_000  # fresh() runs at most once per attempt
+            first_id = first_group_id(step, draw, k)  # fresh() runs at most once per attempt
 
             def fresh(n: int) -> list[Group]:
                 return self.prompts.groups(self.cursor.take(n), self.opts.group_size, first_group_id=first_id)
@@ -152,7 +158,8 @@ class Episodes:
     def __init__(self, opts: RolloutOptions, workers: Workers, env: TextEnv, tokens: Tokens) -> None:
         self.opts, self.workers, self.env, self.tokens = opts, workers, env, tokens
 
-    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
+        assert draw == 0, "dynamic sampling with env episodes is refused at load time"
         o, n = self.opts, self.opts.num_groups
         assert o.budget is not None and o.fmt is not None
 
@@ -160,7 +167,7 @@ class Episodes:
             batch = asyncio.run(play_episodes(
                 self.env, self.workers.engines(), self.tokens,
                 seeds=[o.env_seed + (step - 1) * n + i for i in range(n)],
-                num_samples_per_seed=o.group_size, first_group_id=step * GROUP_IDS_PER_STEP + k * 100_000,
+                num_samples_per_seed=o.group_size, first_group_id=first_group_id(step, 0, k),
                 budget=o.budget, fmt=o.fmt, sampling=o.sampling, policy_version=version))
             return batch.groups, batch.metrics
 
@@ -184,7 +191,8 @@ class EpisodeApril(Episodes):
         super().__init__(opts, workers, april.env, tokens)
         self.april = april
 
-    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
+        assert draw == 0, "dynamic sampling with env episodes is refused at load time"
         o, n = self.opts, self.opts.num_groups
         assert o.budget is not None and o.fmt is not None
 
@@ -192,7 +200,7 @@ class EpisodeApril(Episodes):
             batch = asyncio.run(self.april.collect(
                 self.workers.engines(), self.tokens, num_groups=n,
                 first_seed=o.env_seed + (step - 1) * self.april.num_groups_to_issue(n),
-                first_group_id=step * GROUP_IDS_PER_STEP + k * 100_000,
+                first_group_id=first_group_id(step, 0, k),
                 budget=o.budget, fmt=o.fmt, sampling=o.sampling, policy_version=version))
             return batch.groups, batch.metrics
 
@@ -266,16 +274,53 @@ class Experience:
         self.save_unscored = save_unscored  # (step, groups) -> path: a failed reward loses no generated work
 
     def produce(self, batch_index: int, version: int) -> tuple[list[Group], dict[str, float]]:
-        t_start = time.perf_counter()
-        groups, metrics = self.rollout.collect(batch_index + 1, version)
-        t_scored = time.perf_counter()
+        """Batch `batch_index` (step batch_index + 1). With algorithm.dynamic_sampling, groups whose rewards all
+        agree are dropped and more are drawn, at most max_draw_rounds draws; a batch still short of N groups is
+        topped up with dropped ones (zero advantage: they cost compute, not signal) and the shortfall logged."""
+        step, n, ds = batch_index + 1, self.cfg.rollout.num_prompts_per_step, self.cfg.algorithm.dynamic_sampling
+        kept: list[Group] = []
+        dropped: list[Group] = []
+        metrics: dict[str, float] = {}
+        t_generate = t_reward = 0.0
+        for draw in range(ds.max_draw_rounds if ds.enabled else 1):
+            t0 = time.perf_counter()
+            groups, drawn = self.rollout.collect(step, version, draw)
+            t1 = time.perf_counter()
+            metrics |= drawn | self._score(step, groups)
+            t_generate, t_reward = t_generate + t1 - t0, t_reward + time.perf_counter() - t1
+            if not ds.enabled:
+                kept = groups
+                break
+            signal = groups_with_signal(groups)
+            kept += [g for g, s in zip(groups, signal, strict=True) if s]
+            dropped += [g for g, s in zip(groups, signal, strict=True) if not s]
+            if len(kept) >= n:
+                break
+        if ds.enabled:
+            metrics |= {"dynamic/groups_drawn": float(len(kept) + len(dropped)),
+                        "dynamic/groups_kept": float(len(kept)), "dynamic/groups_dropped": float(len(dropped)),
+                        "dynamic/draw_rounds": float(draw + 1),
+                        "dynamic/shortfall": float(max(0, n - len(kept)))}
+            kept = (kept + dropped)[:n]
+        return kept, metrics | rollout_metrics(kept, t_generate) | {"time/generate_s": t_generate,
+                                                                     "time/reward_s": t_reward}
+
+    def _score(self, step: int, groups: list[Group]) -> dict[str, float]:
         try:
-            metrics |= score(self.cfg, groups, self.tokens, self.prompts, self.workers)
+            return score(self.cfg, groups, self.tokens, self.prompts, self.workers)
         except RewardError as e:  # keep the step's samples: a fixed reward can score them later
-            raise RewardError(f"{e}; the step's samples are saved in {self.save_unscored(batch_index + 1, groups)}"
-                              ) from e
-        return groups, metrics | rollout_metrics(groups, t_scored - t_start) | {
-            "time/generate_s": t_scored - t_start, "time/reward_s": time.perf_counter() - t_scored}
+            raise RewardError(f"{e}; the step's samples are saved in {self.save_unscored(step, groups)}") from e
+
+
+def groups_with_signal(groups: list[Group]) -> list[bool]:
+    """For each group: do its rewards differ (a GRPO signal)? The rule is algos.filters.nonzero_variance_groups."""
+    rewards = torch.tensor([s.reward or 0.0 for g in groups for s in g.samples], dtype=torch.float32)
+    group_ids = torch.tensor([i for i, g in enumerate(groups) for _ in g.samples], dtype=torch.long)
+    keep = nonzero_variance_groups(rewards, group_ids)
+    starts = [0]
+    for g in groups[:-1]:
+        starts.append(starts[-1] + len(g.samples))
+    return [bool(keep[i]) for i in starts]
 
 
 # ------------------------------------------------------------------------------------------------------ batches

@@ -1,9 +1,10 @@
 """Experience: a step's groups of samples, scored, with their metrics. No Ray here: remote calls go through
 `Workers` (driver/workers.py), so everything below runs on fakes too.
 
-Four ways to get a step's N complete groups, chosen once at set-up (`make_rollout`) behind one interface, `Rollout`:
+Five ways to get a step's N complete groups, chosen once at set-up (`make_rollout`) behind one interface, `Rollout`:
     PromptBatches   N fresh prompts x G samples, generated as one batch;
     PromptApril     APRIL (`rollout.partial`): partial buffer first, then fresh prompts, stop at N complete;
+    AgentTrajectories  N prompts x G tool-calling trajectories (`agent.tools`), tools run in the sandbox;
     Episodes        N env seeds x G episodes, played turn by turn (`env.task_id`);
     EpisodeApril    episodes with APRIL: cut episodes continue next step.
 `Experience.produce` runs one of them, scores the groups and measures them; the loop (or the async producer) calls it.
@@ -216,10 +217,46 @@ class EpisodeApril(Episodes):
         self.april.close()
 
 
+class AgentTrajectories(PromptBatches):
+    """Tool-calling trajectories (agent.tools): N prompts x G trajectories, each played turn by turn through the
+    engines and the tools (rlplat/agents/loop.py); tool output enters as template tokens with loss mask 0."""
+
+    def __init__(self, cfg: RunConfig, workers: Workers, cursor: EpochCursor, prompts: PromptSet,
+                 tokens: Tokens) -> None:
+        from rlplat.agents.spec import build_agent_loop, build_sandbox
+
+        super().__init__(RolloutOptions.from_spec(cfg), workers, cursor, prompts)
+        self.system_prompt = cfg.data.system_prompt
+        self.sandbox = build_sandbox(cfg.agent.sandbox, output_dir=cfg.output_dir)
+        self.agent = build_agent_loop(cfg.agent, tokens.tok, max_response_tokens=cfg.rollout.max_new_tokens,
+                                      max_context_tokens=max_context_length(cfg.model.path), sandbox=self.sandbox)
+
+    def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
+        from rlplat.data.chat import as_messages
+
+        ids = self.cursor.take(self.opts.num_groups)
+        messages = [as_messages(self.prompts.rows[i].prompt, self.system_prompt) for i in ids]
+
+        def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
+            batch = asyncio.run(self.agent.play_groups(
+                messages, self.workers.engines(), num_samples_per_prompt=self.opts.group_size,
+                first_group_id=first_group_id(step, draw, k), sampling=self.opts.sampling, policy_version=version,
+                prompt_ids=ids, answers=[self.prompts.answer(i) for i in ids]))
+            return batch.groups, batch.metrics
+
+        return self.workers.retrying(version, attempt, "playing the step's trajectories again")
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+
 def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: EpochCursor, prompts: PromptSet,
                  env: TextEnv | None) -> Rollout:
-    """The spec's rollout: prompts or env episodes (env.task_id), with or without APRIL (rollout.partial)."""
+    """The spec's rollout: prompts, tool-calling trajectories (agent.tools) or env episodes (env.task_id), with
+    or without APRIL (rollout.partial)."""
     opts, partial = RolloutOptions.from_spec(cfg), cfg.rollout.partial
+    if cfg.agent.tools:
+        return AgentTrajectories(cfg, workers, cursor, prompts, tokens)
     if env is None:
         if not partial.enabled:
             return PromptBatches(opts, workers, cursor, prompts)

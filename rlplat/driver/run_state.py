@@ -71,6 +71,8 @@ def preflight(cfg: RunConfig) -> RunInputs:
     longest = max(len(ids) for s in sets for ids in s.prompt_token_ids)
     if cfg.env.task_id:  # env episodes replace the prompt task: their prompts are rendered observations
         longest = longest_episode_prompt(cfg, tokens)
+    if cfg.agent.tools:  # the tools' schemas go into every prompt
+        longest = longest_agent_prompt(cfg, tokens, sets)
     context = max_context_length(cfg.model.path)
     if longest + cfg.rollout.max_new_tokens > context:
         raise ConfigError(
@@ -101,6 +103,25 @@ def longest_episode_prompt(cfg: RunConfig, tokens: Tokens) -> int:
         return max(len(tokens.encode(fmt.prompt(obs, env.spec.action_help))) for obs in env.reset(range(8)))
     finally:
         env.close()
+
+
+def longest_agent_prompt(cfg: RunConfig, tokens: Tokens, sets: list[PromptSet]) -> int:
+    """The longest prompt (in tokens) rendered with the tools' schemas, over the 8 longest prompts of each set;
+    ConfigError for a bad tool entry."""
+    from rlplat.agents.spec import build_agent_loop
+    from rlplat.data.chat import as_messages
+
+    try:
+        agent = build_agent_loop(cfg.agent, tokens.tok, max_response_tokens=cfg.rollout.max_new_tokens)
+    except ValueError as e:
+        raise ConfigError(f"agent.tools: {e}") from None
+    longest = 0
+    for s in sets:
+        for i in sorted(range(len(s)), key=lambda i: -len(s.prompt_token_ids[i]))[:8]:
+            t = agent.start(as_messages(s.rows[i].prompt, cfg.data.system_prompt), group_id=0, sample_index=0,
+                            prompt_id=i)
+            longest = max(longest, len(t.sample.prompt_token_ids))
+    return longest
 
 
 def prepare_output_dir(cfg: RunConfig) -> None:

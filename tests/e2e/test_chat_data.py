@@ -25,9 +25,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlplat.models import write_tiny_model
+    from rlplat.models import TinyModelShape, write_tiny_model
 
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bpe", tokenizer="bpe")
+    # 2048 positions: the tools' JSON schemas alone take ~700 tokens of the small BPE vocabulary
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bpe", tokenizer="bpe",
+                            shape=TinyModelShape(max_position_embeddings=2048))
 
 
 def _write_chat_data(out: Path) -> tuple[Path, Path]:
@@ -110,3 +112,31 @@ def test_bad_dataset_input_stops_before_any_actor(chat_model: Path, tmp_path: Pa
         run_state.preflight(_cfg(chat_model, tmp_path, train, test, "data.prompt_key=question"))
     with pytest.raises(ConfigError, match=r"reward\.terms: reward 'countdown' needs the column"):
         run_state.preflight(_cfg(chat_model, tmp_path, train, test, "reward.terms=[{name: countdown}]"))
+    with pytest.raises(ConfigError, match=r"agent: tool 'nope'"):
+        run_state.preflight(_cfg(chat_model, tmp_path, train, test, "agent.tools=[nope]"))
+    with pytest.raises(ConfigError, match=r"exceed the model context"):
+        run_state.preflight(_cfg(chat_model, tmp_path, train, test, "agent.tools=[calculator, python]",
+                                 "rollout.max_new_tokens=1500"))
+
+
+def test_tool_calling_trajectories_train(ray_session, chat_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """agent.tools on: trajectories are played through the real engine and the tools; whatever the untrained model
+    writes (a malformed or no call), each sample is valid, model tokens carry mask 1 and the run finishes."""
+    train, test = _write_chat_data(tmp_path)
+    cfg = _cfg(chat_model, tmp_path / "run", train, test, "agent.tools=[calculator, python]", "agent.max_turns=2",
+               "eval.num_samples=1")
+    batches: list[TrainBatch] = []
+    make_batch = loop.make_batch
+
+    def spy(advantage: str, groups: list[Group]) -> TrainBatch:
+        batches.append(make_batch(advantage, groups))
+        return batches[-1]
+
+    monkeypatch.setattr(loop, "make_batch", spy)
+    result = loop.train(cfg, progress=False)
+    metrics = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
+    for key in ("agent/turns_mean", "agent/tool_calls_mean", "agent/malformed_calls", "time/tools_s"):
+        assert key in metrics, key
+    for s in (s for b in batches for s in b.samples):
+        s.validate()
+        assert s.loss_mask[0] == 1 and s.loss_mask[-1] == 1  # a model turn opens and closes every response

@@ -18,6 +18,7 @@ class LearnerActor:
                  lora: LoraConfig | None = None) -> None:
         self.learner = PolicyLearner(model_path, cfg, algo, dtype=dtype, seed=seed, lora=lora)
         self.weight_group = None  # placement.weight_sync: broadcast
+        self.listener: socket.socket | None = None  # the weight group store's socket, from free_address
         self.outgoing: dict = {}  # tensors of a weight sync in flight
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
@@ -28,14 +29,15 @@ class LearnerActor:
 
     # weight sync without bytes (placement.weight_sync: broadcast | ipc); see rlplat/rollout/weight_sync.py
     def free_address(self) -> tuple[str, int]:
-        """This node's IP and a free TCP port, for the weight group's store (the learner, rank 0, listens)."""
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        """This node's IP and a port the learner (rank 0) listens on there for the weight group's store: bound to
+        the node's address, not all interfaces (127.0.0.1 on a local run)."""
+        self.listener = weight_sync.listen_socket(ray.util.get_node_ip_address())
+        host, port = self.listener.getsockname()[:2]
+        return host, port
 
     def open_weight_group(self, backend: str, host: str, port: int, world_size: int) -> None:
-        self.weight_group = weight_sync.open_group(backend, host, port, 0, world_size)
+        listener, self.listener = self.listener, None
+        self.weight_group = weight_sync.open_group(backend, host, port, 0, world_size, listener=listener)
 
     def weight_meta(self) -> list[tuple[str, str, list[int]]]:
         """Names, dtypes and shapes of the next broadcast; `broadcast_weights` then sends exactly these tensors."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import pickle
+import socket
 
 import torch
 import torch.distributed as dist
@@ -104,10 +105,24 @@ def refresh_cpu_kernels(model: torch.nn.Module) -> None:
 WEIGHT_GROUP_TIMEOUT = datetime.timedelta(minutes=10)
 
 
-def open_group(backend: str, host: str, port: int, rank: int, world_size: int) -> dist.ProcessGroup:
+def listen_socket(host: str) -> socket.socket:
+    """A TCP socket listening on host (this node's address, not all interfaces) at a free port, for rank 0's
+    TCPStore: torch's own store server would listen on every interface. Held from now on, so no other process can
+    take the port before the group opens."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+def open_group(backend: str, host: str, port: int, rank: int, world_size: int, *,
+               listener: socket.socket | None = None) -> dist.ProcessGroup:
     """A process group outside torch's default one (vLLM's workers already have theirs): a TCPStore rendezvous
-    at host:port, then NCCL ("nccl") or gloo ("gloo"). Every rank must call it at about the same time."""
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=WEIGHT_GROUP_TIMEOUT)
+    at host:port, then NCCL ("nccl") or gloo ("gloo"). Every rank must call it at about the same time.
+    listener: rank 0's `listen_socket(host)` bound to `port`; its store serves there (and the store owns it)."""
+    fd = listener.detach() if listener is not None and rank == 0 else None
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=WEIGHT_GROUP_TIMEOUT,
+                          master_listen_fd=fd)
     if backend == "nccl":
         return dist.ProcessGroupNCCL(store, rank, world_size)
     if backend == "gloo":

@@ -58,6 +58,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
     workers, env, rollout, producer, status = None, None, None, None, "FAILED"
     try:
         workers = Workers.start(cfg, engine_options(cfg))
+        tracker.set_tag("rlplat.placement", workers.placement)
         env = make_env(cfg.env, cfg.num_samples_per_step) if cfg.env.task_id else None  # driver, or env.in_actor
         cursor = rs.make_cursor(cfg, inputs.train_prompts, resumed)
         rollout = make_rollout(cfg, workers, inputs.tokens, cursor, inputs.train_prompts, env)

@@ -244,6 +244,7 @@ class Workers:
     weight_group_open: bool = False  # broadcast: learner and engines have joined one process group
     placement_group: Any = None  # Ray placement group of a GPU plan (None on CPU)
     device: str = "cpu"  # the plan's device: the broadcast weight sync uses NCCL on gpu, gloo on cpu
+    placement: str = ""  # the placement plan, described (logged as the run's rlplat.placement tag)
 
     @classmethod
     def start(cls, cfg: RunConfig, engine: EngineOptions, *, with_learner: bool = True) -> Workers:
@@ -258,7 +259,7 @@ class Workers:
         log.info("%s", plan.describe())
         pg = reserve(plan, cfg.placement.placement_timeout_s)  # GPUs taken but never freed: ConfigError
         workers = cls(rollout=[], call_timeout_s=cfg.cluster.call_timeout_s, weight_sync=plan.weight_sync,
-                      placement_group=pg, device=plan.device)
+                      placement_group=pg, device=plan.device, placement=plan.describe())
         try:
             tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators find them
             workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg))

@@ -362,10 +362,11 @@ def groups_with_signal(groups: list[Group]) -> list[bool]:
 
 # ------------------------------------------------------------------------------------------------------ batches
 def make_batch(advantage: str, groups: list[Group]) -> TrainBatch:
-    """Samples of whole groups with their outcome advantages. With a critic (advantage: gae) advantages are
-    token-level and need values, so the learner computes them from each sample's reward."""
+    """Samples of whole groups with their outcome advantages (algos.ADVANTAGE_FNS). An estimator that is not an
+    outcome estimator (gae) is token-level and needs the critic's values: the learner computes it from each
+    sample's reward, so the batch carries none."""
     samples = [s for g in groups for s in g.samples]
-    if advantage == "gae":
+    if advantage not in ADVANTAGE_FNS:
         return TrainBatch(samples=samples, advantages=None)
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)

@@ -102,7 +102,10 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < last:  # the last: finish_run
                 log_eval(cfg, tracker, step, evaluate_policy(cfg, workers, env, inputs), inputs)
             if every and (step % every == 0 or step == last):
-                rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay)
+                try:
+                    rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay)
+                except ActorDied as e:
+                    raise learner_failed(cfg, step, "its checkpoint save", e) from e
         stop(producer)
         finish_run(cfg, workers, tracker, env, inputs, groups)
         status = "FINISHED"
@@ -116,7 +119,11 @@ def train_step(cfg: RunConfig, workers: Workers, batch: Any, step: int) -> dict[
     try:
         return workers.train(batch)
     except ActorDied as e:
-        raise RuntimeError(f"the learner failed at step {step} ({type(e).__name__}); {rs.resume_hint(cfg)}") from e
+        raise learner_failed(cfg, step, "its train step", e) from e
+
+
+def learner_failed(cfg: RunConfig, step: int, phase: str, e: BaseException) -> RuntimeError:
+    return RuntimeError(f"the learner failed at step {step}, in {phase} ({type(e).__name__}); {rs.resume_hint(cfg)}")
 
 
 def log_step(cfg: RunConfig, tracker: Tracker, step: int, metrics: dict[str, float], groups: list[Group],

@@ -156,9 +156,9 @@ def _eval(learner: SftLearner, inputs: SftInputs) -> dict[str, float]:
 
 
 def _data_metrics(inputs: SftInputs) -> dict[str, float]:
-    out = {"data/num_conversations": float(len(inputs.train)), "data/num_dropped_overlong": float(
-        inputs.train.num_dropped), "data/num_trained_tokens": float(inputs.train.num_trained_tokens)}
-    return out
+    train = inputs.train
+    return {"data/num_conversations": float(len(train)), "data/num_dropped_overlong": float(train.num_dropped),
+            "data/num_trained_tokens": float(train.num_trained_tokens)}
 
 
 def _progress_line(step: int, num_steps: int, m: dict[str, float]) -> str:

@@ -299,6 +299,8 @@ def test_job_env_vars_do_not_collide_with_the_drivers(doc: str, rayjob: dict, mo
     seen: dict[str, Any] = {}
     monkeypatch.setattr(workers.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(workers.ray, "init", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr("ray.experimental.internal_kv._internal_kv_put", lambda *a, **kw: None)  # no Ray to mark
+    monkeypatch.setattr(workers, "_private_token_file", lambda: None)
     workers.init_ray(load_config(CLUSTER_SPECS["1 GPU"]))
     driver_vars = set(seen["runtime_env"]["env_vars"])
     job_vars = set(_runtime_env(_submit_block(doc))["env_vars"])

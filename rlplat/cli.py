@@ -261,11 +261,14 @@ def _reachable_gpus(cfg) -> tuple[float, str]:
     """GPUs of the Ray cluster `train` would attach to (cluster.address), else of this machine."""
     from rlplat.actors.placement_group import cluster_gpu_count
     from rlplat.config import ConfigError
+    from rlplat.driver.workers import deliberate_cluster
     from rlplat.placement import local_gpu_count
 
     address = cfg.cluster.address
     if address == "local":
         return local_gpu_count(), "this machine"
+    if address == "auto" and not deliberate_cluster():  # as `train`: never another run's private instance
+        return local_gpu_count(), "this machine (no Ray cluster was started on purpose; `train` would start its own)"
     import ray
 
     if ray.is_initialized():  # already attached (a test session, a notebook): ask that cluster

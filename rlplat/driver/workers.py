@@ -109,7 +109,7 @@ def init_ray(cfg: RunConfig) -> None:
         return
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
-    if address == "auto" and _deliberate_cluster():
+    if address == "auto" and deliberate_cluster():
         try:
             ray.init(address="auto", runtime_env=env)
         except ConnectionError:  # the cluster `ray start` recorded has stopped since
@@ -138,7 +138,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _deliberate_cluster() -> bool:
+def deliberate_cluster() -> bool:
     """A cluster was named (RAY_ADDRESS, set by `ray job submit` too) or started with `ray start` on this machine.
     Ray's own `auto` would also pick any local instance it finds among the running processes: another run's."""
     from ray._private.utils import read_ray_address  # the address file `ray start` writes (ray_current_cluster)

@@ -125,7 +125,7 @@ def test_reward_that_raises_is_one_line_exit_2_and_keeps_the_samples(monkeypatch
         sample = Sample(group_id=0, sample_index=0, prompt_id=0, prompt_token_ids=tokens.encode("12="), answer="3",
                         response_token_ids=tokens.encode("3"), finish_reason=FinishReason.STOP)
         groups = [Group(group_id=0, prompt_id=0, samples=[sample])]
-        rollout = SimpleNamespace(collect=lambda step, version: (groups, {}))
+        rollout = SimpleNamespace(collect=lambda step, version, *_: (groups, {}))
         exp = experience.Experience(cfg=cfg, workers=SimpleNamespace(reward=None), tokens=tokens, prompts=None,
                                     rollout=rollout,
                                     save_unscored=lambda step, groups: run_state.save_unscored(out, step, groups))

@@ -120,7 +120,7 @@ def test_local_instance_marks_itself_private_and_listens_on_loopback(monkeypatch
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(kv, "_internal_kv_put", lambda key, value, namespace: seen.update(mark=(key, namespace)))
     monkeypatch.setattr(workers, "_private_token_file", lambda: None)
-    monkeypatch.setattr(workers, "_deliberate_cluster", lambda: False)
+    monkeypatch.setattr(workers, "deliberate_cluster", lambda: False)
     before = ray_constants.ENABLE_RAY_CLUSTER
     workers.init_ray(load_config(ROOT / "configs/smoke/grpo.yaml"))
     assert seen["address"] == "local" and seen["flag"] == "0" and seen["cluster"] is False

@@ -59,6 +59,8 @@ def shard_model(
     compute_dtype: dtype of the gathered parameters in forward/backward (bf16 on GPU; fp32 on CPU).
     reduce_dtype: dtype of the gradient reduce-scatter (fp32 keeps the reduction exact in fp32 master terms).
     cpu_offload: shards, gradients and the optimizer step live in CPU memory (FSDP2's CPUOffloadPolicy; GPU only).
+        Start the process group with backend "cpu:gloo,cuda:nccl" then: clipping and the full-weight gather run
+        collectives on the CPU shards (checked on one H100 with one rank only).
     activation_checkpointing: recompute each decoder layer in backward (transformers' non-reentrant checkpointing,
         as the single-GPU learner does, so parameter names stay unchanged).
     Raises ValueError when the master weights are not fp32.

@@ -285,3 +285,17 @@ def max_context_length(path: str | Path) -> int:
         raise ValueError(f"{Path(path) / 'config.json'}: max_position_embeddings must be a positive integer, "
                          f"got {value!r}")
     return value
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+
+
+def copy_model_files(src_dir: str | Path, out_dir: str | Path) -> None:
+    """Copy a model directory's files other than its weights and config.json (tokenizer files, chat template,
+    generation config: vLLM reads its stop tokens there) byte for byte into `out_dir`, which holds trained weights.
+    Copied, not re-saved: transformers may save a loaded tokenizer under another class."""
+    import shutil
+
+    for src in sorted(Path(src_dir).iterdir()):
+        if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copyfile(src, Path(out_dir) / src.name)

@@ -34,6 +34,7 @@ from rlplat.driver.experience import (
 from rlplat.driver.workers import ActorDied, Workers, engine_options, init_ray
 from rlplat.envs.text_env import TextEnv
 from rlplat.learners.replay import ReplayBuffer
+from rlplat.models import copy_model_files
 from rlplat.tracking import Tracker
 from rlplat.types import Group
 
@@ -152,6 +153,8 @@ def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv 
         tracker.log_metrics(last, workers.verify(probe.prompt_token_ids + probe.response_token_ids))
     final_dir = cfg.output_dir / "final_model"
     workers.save_model(final_dir)
+    if not (final_dir / "adapter_config.json").exists():  # full weights: a directory vLLM or `rlplat sft` can load
+        copy_model_files(cfg.model.path, final_dir)
     tracker.set_tag("rlplat.final_model_dir", str(final_dir.resolve()))
     final_metrics = {k: v[-1][1] for k, v in tracker.history.items() if k.startswith(("eval/", "rollout/reward"))}
     tracker.register_model(final_dir, cfg.tracking.registered_model_name or cfg.experiment.name, final_metrics)

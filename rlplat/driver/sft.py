@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from rlplat.data.datasets import EpochCursor, load_rows
 from rlplat.data.sft import SftExamples, sft_examples
 from rlplat.learners.sft import SftLearner
 from rlplat.learners.state import load_learner_state, save_learner_state
-from rlplat.models import check_model_dir, max_context_length
+from rlplat.models import check_model_dir, copy_model_files, max_context_length
 from rlplat.tracking import Tracker
 
 log = logging.getLogger("rlplat")
 # Files of model.path that the trained weights replace; every other file (tokenizer files, chat template, generation
 # config, license) is copied as it is, so the saved directory tokenizes exactly as model.path does.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +172,7 @@ def save_model(cfg: RunConfig, learner: SftLearner) -> Path:
     out = save_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     learner.save(str(out))
-    for src in sorted(Path(cfg.model.path).iterdir()):
-        if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copyfile(src, out / src.name)
+    copy_model_files(cfg.model.path, out)
     return out
 
 

@@ -96,6 +96,15 @@ def all_reduce_sum(value: float, group: dist.ProcessGroup | None = None, device:
     return float(t.item())
 
 
+def all_reduce_max(value: int, group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> int:
+    """The largest `value` over the ranks of `group`. Every rank must run the same number of forward/backward
+    passes (each is a series of FSDP collectives): ranks agree on max(micro-batches) and a rank with fewer runs
+    zero-weight passes (loss * 0) for the rest. A collective."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
 def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     """Clip the gradients of (sharded) parameters by their GLOBAL L2 norm and return that norm, the same number on
     every rank. `torch.nn.utils.clip_grad_norm_` reduces DTensor gradients over the mesh itself; the returned norm

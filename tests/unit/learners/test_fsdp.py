@@ -1,9 +1,10 @@
 """FSDP2 learner pieces on real 2-rank gloo process groups on CPU, against the unsharded model on the same batch.
 
-One 2-rank run per variant (full fine-tuning with activation checkpointing; LoRA) does two optimizer steps with
-the batch split by tokens over the ranks, global loss denominators, global-norm clipping and AdamW, gathers the
-full weights in buckets after each step, and saves a DCP checkpoint between the steps. A 1-rank run then loads
-that checkpoint (2 -> 1) and takes step 2 again. Everything is compared with one unsharded process.
+One run per variant (2 ranks full fine-tuning with activation checkpointing; 2 ranks LoRA; 4 ranks full) does two
+optimizer steps with the batch split by tokens over the ranks, micro-batches accumulated on each rank (unequal
+counts: the short rank runs zero-weight passes), global loss denominators, global-norm clipping and AdamW, gathers
+the full weights in buckets after each step, and saves a DCP checkpoint between the steps. A 1-rank run then loads
+that checkpoint (2 -> 1, 4 -> 1) and takes step 2 again. Everything is compared with one unsharded process.
 
 Ranks are forked from the test process (start_method "fork"), which has torch and transformers imported already:
 spawning would pay ~15 s of imports per rank on a busy 2-core machine. Each child uses one intra-op thread, so no
@@ -30,6 +31,7 @@ from rlplat.learners.lora import apply_lora, merged_state_dict
 
 LORA = LoraConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"))
 LR, MAX_NORM, BUCKET_BYTES = 1e-3, 0.2, 64 * 1024
+MICRO_TOKENS = 16  # 2 ranks: rank 0 gets 2 micro-batches, rank 1 gets 3
 ATOL = 1e-5
 
 
@@ -82,20 +84,40 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _micro_batches(rows: list[int], lengths: list[int]) -> list[list[int]]:
+    """Rows sorted by length, cut where rows x longest would pass MICRO_TOKENS (as learners/microbatch.py does)."""
+    out: list[list[int]] = []
+    for r in sorted(rows, key=lambda i: lengths[i]):
+        if out and (len(out[-1]) + 1) * lengths[r] <= MICRO_TOKENS:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
+
+
 def _sharded_step(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> tuple[float, float]:
-    from rlplat.learners.fsdp import all_reduce_sum, clip_grad_norm
+    """One update: this rank's share of the batch (by tokens) in micro-batches, gradients accumulated locally and
+    reduced with the last pass; ranks with fewer micro-batches run zero-weight passes (FSDP collectives pair up)."""
+    from rlplat.learners.fsdp import all_reduce_max, all_reduce_sum, clip_grad_norm
 
     ids, mask, adv, lengths = _batch()
-    rows = balance_samples(lengths, world)[rank]
-    width = max(lengths[r] for r in rows)  # each rank pads to its own longest row
-    ids, mask, adv = ids[rows, :width], mask[rows, : width - 1], adv[rows]
-    count = global_agg_count("token-mean", [all_reduce_sum(local_agg_count("token-mean", [mask]))])
+    micro = _micro_batches(balance_samples(lengths, world)[rank], lengths)
+    count = global_agg_count("token-mean", [all_reduce_sum(local_agg_count("token-mean", [mask[m] for m in micro]))])
+    rounds = all_reduce_max(len(micro))
     opt.zero_grad()
-    loss = _loss(model, ids, mask, adv, count)
-    loss.backward()
+    total = 0.0
+    for i in range(rounds):
+        model.set_requires_gradient_sync(i == rounds - 1)  # type: ignore[operator]
+        rows = micro[i] if i < len(micro) else micro[0][:1]
+        width = max(lengths[r] for r in rows)  # each micro-batch pads to its own longest row
+        loss = _loss(model, ids[rows, :width], mask[rows, : width - 1], adv[rows], count)
+        if i >= len(micro):
+            loss = loss * 0.0
+        loss.backward()
+        total += loss.item()
     norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], MAX_NORM)
     opt.step()
-    return all_reduce_sum(loss.item()), norm
+    return all_reduce_sum(total), norm
 
 
 def _gather(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -109,6 +131,7 @@ def _gather(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, float]
 
 
 def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, lora: bool) -> None:
+    """Two sharded steps with a DCP save between them; rank r writes rank{r}.pt."""
     from rlplat.learners.dcp import save_sharded
     from rlplat.learners.fsdp import shard_model
 
@@ -131,6 +154,7 @@ def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, 
 
 
 def _resume_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, lora: bool) -> None:
+    """Load the checkpoint (on any number of ranks) and take step 2 again; writes resumed{r}.pt."""
     from rlplat.learners.dcp import load_sharded
     from rlplat.learners.fsdp import shard_model
 
@@ -178,16 +202,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_two_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp_path: Path, lora: bool) -> None:
+@pytest.mark.parametrize(("world", "lora"), [
+    pytest.param(2, False, id="2-full"),
+    pytest.param(2, True, id="2-lora"),
+    pytest.param(4, False, id="4-full", marks=pytest.mark.slow),  # ~16 s on 2 busy cores
+])
+def test_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp_path: Path, world: int,
+                                                         lora: bool) -> None:
     ref = _reference(model_dir, lora)
-    _run_ranks(_train_worker, 2, model_dir, tmp_path, lora)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    _run_ranks(_train_worker, world, model_dir, tmp_path, lora)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    r0 = ranks[0]
     for step in (1, 2):
         assert r0[f"loss{step}"] == pytest.approx(ref[f"loss{step}"], abs=ATOL)
-        assert r0[f"norm{step}"] == pytest.approx(ref[f"norm{step}"], abs=ATOL) == r1[f"norm{step}"]
-        _assert_weights(r0[f"w{step}"], ref[f"w{step}"])
-        _assert_weights(r1[f"w{step}"], ref[f"w{step}"])  # every rank receives the full weights
+        for res in ranks:
+            assert res[f"norm{step}"] == pytest.approx(ref[f"norm{step}"], abs=ATOL)
+            _assert_weights(res[f"w{step}"], ref[f"w{step}"])  # every rank receives the full weights
     assert ref["norm1"] > MAX_NORM  # clipping was active, so the global norm mattered
     stats = r0["stats"]
     largest = max(v.numel() * v.element_size() for v in ref["w1"].values())
@@ -196,7 +226,7 @@ def test_two_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp
     if not lora:
         assert r0["loss0_bf16"] == pytest.approx(ref["loss0"], rel=5e-2)
 
-    _run_ranks(_resume_worker, 1, model_dir, tmp_path, lora)  # 2 -> 1 ranks
+    _run_ranks(_resume_worker, 1, model_dir, tmp_path, lora)  # 2 (or 4) -> 1 rank
     res = torch.load(tmp_path / "resumed0.pt")
     assert res["extra"] == {"step": 1}
     _assert_weights(res["w1"], ref["w1"])

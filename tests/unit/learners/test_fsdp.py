@@ -4,17 +4,20 @@ One run per variant (2 ranks full fine-tuning with activation checkpointing; 2 r
 optimizer steps with the batch split by tokens over the ranks, micro-batches accumulated on each rank (unequal
 counts: the short rank runs zero-weight passes), global loss denominators, global-norm clipping and AdamW, gathers
 the full weights in buckets after each step, and saves a DCP checkpoint between the steps. A 1-rank run then loads
-that checkpoint (2 -> 1, 4 -> 1) and takes step 2 again. Everything is compared with one unsharded process.
+that checkpoint (2 -> 1, 4 -> 1) and takes step 2 again, and the test process loads it into an unsharded model.
+Everything is compared with one unsharded process.
 
 Ranks are forked from the test process (start_method "fork"), which has torch and transformers imported already:
 spawning would pay ~15 s of imports per rank on a busy 2-core machine. Each child uses one intra-op thread, so no
-OpenMP pool crosses the fork.
+OpenMP pool crosses the fork; a rank that hangs fails the test after a deadline instead of stalling the suite.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,15 @@ from torch import Tensor
 from rlplat.algos.losses import aggregate
 from rlplat.config import LoraConfig
 from rlplat.learners.balance import balance_samples, global_agg_count, local_agg_count
+from rlplat.learners.dcp import load_sharded, save_sharded
+from rlplat.learners.fsdp import (
+    GatherStats,
+    all_reduce_max,
+    all_reduce_sum,
+    clip_grad_norm,
+    iter_full_weights,
+    shard_model,
+)
 from rlplat.learners.lora import apply_lora, merged_state_dict
 
 LORA = LoraConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"))
@@ -73,8 +85,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(fn: Any, world: int, *args: Any) -> None:
-    mp.start_processes(fn, args=(world, _free_port(), *args), nprocs=world, join=True, start_method="fork")
+def _run_ranks(fn: Any, world: int, *args: Any, timeout_s: float = 240.0) -> None:
+    """Fork `world` ranks of `fn(rank, world, port, *args)`; a rank's exception is raised here, a hang fails."""
+    ctx = mp.start_processes(fn, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"{world} ranks of {fn.__name__} still running after {timeout_s:g} s (a collective hung?)")
 
 
 # ------------------------------------------------------------------------------------------------ rank workers
@@ -98,8 +117,6 @@ def _micro_batches(rows: list[int], lengths: list[int]) -> list[list[int]]:
 def _sharded_step(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> tuple[float, float]:
     """One update: this rank's share of the batch (by tokens) in micro-batches, gradients accumulated locally and
     reduced with the last pass; ranks with fewer micro-batches run zero-weight passes (FSDP collectives pair up)."""
-    from rlplat.learners.fsdp import all_reduce_max, all_reduce_sum, clip_grad_norm
-
     ids, mask, adv, lengths = _batch()
     micro = _micro_batches(balance_samples(lengths, world)[rank], lengths)
     count = global_agg_count("token-mean", [all_reduce_sum(local_agg_count("token-mean", [mask[m] for m in micro]))])
@@ -121,8 +138,6 @@ def _sharded_step(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int,
 
 
 def _gather(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, float]]:
-    from rlplat.learners.fsdp import GatherStats, iter_full_weights
-
     stats = GatherStats()
     full: dict[str, Tensor] = {}
     for bucket in iter_full_weights(model, bucket_bytes=BUCKET_BYTES, stats=stats):
@@ -132,9 +147,6 @@ def _gather(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, float]
 
 def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, lora: bool) -> None:
     """Two sharded steps with a DCP save between them; rank r writes rank{r}.pt."""
-    from rlplat.learners.dcp import save_sharded
-    from rlplat.learners.fsdp import shard_model
-
     _init(rank, world, port)
     model = shard_model(_load(model_dir, lora), activation_checkpointing=not lora)
     opt = _optimizer(model)
@@ -155,9 +167,6 @@ def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, 
 
 def _resume_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, lora: bool) -> None:
     """Load the checkpoint (on any number of ranks) and take step 2 again; writes resumed{r}.pt."""
-    from rlplat.learners.dcp import load_sharded
-    from rlplat.learners.fsdp import shard_model
-
     _init(rank, world, port)
     model = shard_model(_load(model_dir, lora))
     opt = _optimizer(model)
@@ -232,3 +241,9 @@ def test_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp_pat
     _assert_weights(res["w1"], ref["w1"])
     assert res["loss2"] == pytest.approx(ref["loss2"], abs=ATOL)
     _assert_weights(res["w2"], ref["w2"])  # the optimizer state came back too
+
+    plain = _load(model_dir, lora)  # the sharded checkpoint also loads into an unsharded model, no process group
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        load_sharded(plain, _optimizer(plain), tmp_path / "ckpt")
+    _assert_weights(merged_state_dict(plain) if lora else plain.state_dict(), ref["w1"])

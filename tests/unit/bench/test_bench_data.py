@@ -66,3 +66,10 @@ def test_with_cold_cache_gives_every_call_a_new_cache_dir(tmp_path: Path) -> Non
 def test_default_step_time_and_goal_are_the_documented_ones() -> None:
     # DEMO_STEP_S is BENCHMARKS.md's demo median (Per-phase step time); the goal is < 2% of a step.
     assert data.DEMO_STEP_S == 0.225 and data.GOAL == 0.02
+
+
+def test_doctests() -> None:
+    import doctest
+
+    result = doctest.testmod(data)
+    assert result.failed == 0 and result.attempted >= 4

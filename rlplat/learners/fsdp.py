@@ -53,7 +53,8 @@ def shard_model(
     reshard_after_forward: bool = True,
 ) -> FSDPModule:
     """Shard `model` in place with FSDP2, one unit per decoder layer and one for the root; returns it (now also an
-    FSDPModule). Call after LoRA is applied (peft) and before the optimizer is built.
+    FSDPModule). Call after LoRA is applied (peft) and before the optimizer is built. A frozen model (a KL
+    reference: `requires_grad_(False)` first) is sharded the same way and holds only its shards between forwards.
 
     mesh: a 1-D DeviceMesh over the learner ranks (None: the default process group, on the current device).
     compute_dtype: dtype of the gathered parameters in forward/backward (bf16 on GPU; fp32 on CPU).
@@ -76,8 +77,11 @@ def shard_model(
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=offload,
                     reshard_after_forward=reshard_after_forward)
-    # The root's unit runs last in backward, so resharding it after forward would only re-gather it at once.
-    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=False)
+    # The root's unit runs first in backward, so resharding it after forward would only re-gather it at once; a
+    # frozen model (the KL reference, forward only) has no backward to reshard it, so it reshards after forward.
+    trains = any(p.requires_grad for p in model.parameters())
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload,
+                reshard_after_forward=reshard_after_forward and not trains)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             # Sum over ranks (losses carry global denominators). Forcing plain SUM collectives avoids NCCL's

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from rlplat.algos.losses import aggregate
 from rlplat.config import LoraConfig
@@ -156,10 +157,13 @@ def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, 
     save_sharded(model, opt, out / "ckpt", extra={"step": 1})
     res["loss2"], res["norm2"] = _sharded_step(model, opt, rank, world)
     res["w2"], _ = _gather(model)
-    if not lora:  # bf16 compute (fp32 master weights and reduction) runs over gloo too
-        bf16 = shard_model(_load(model_dir, False), compute_dtype=torch.bfloat16)
+    if not lora:  # a frozen KL reference, sharded; and bf16 compute (fp32 master and reduction) over gloo
         ids, mask, adv, _ = _batch()
+        frozen = shard_model(_load(model_dir, False).requires_grad_(False))
+        bf16 = shard_model(_load(model_dir, False), compute_dtype=torch.bfloat16)
         with torch.no_grad():
+            res["loss0_frozen"] = _loss(frozen, ids, mask, adv, float(mask.sum())).item()
+            res["frozen_root_sharded"] = all(isinstance(p.data, DTensor) for p in frozen.parameters())
             res["loss0_bf16"] = _loss(bf16, ids, mask, adv, float(mask.sum())).item()
     torch.save(res, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -233,6 +237,7 @@ def test_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp_pat
     assert stats["sync/num_buckets"] > 2 and stats["sync/peak_extra_bytes"] < BUCKET_BYTES + largest
     assert stats["sync/gather_bytes"] > 2 * stats["sync/peak_extra_bytes"]  # never the whole model at once
     if not lora:
+        assert r0["loss0_frozen"] == pytest.approx(ref["loss0"], abs=ATOL) and r0["frozen_root_sharded"]
         assert r0["loss0_bf16"] == pytest.approx(ref["loss0"], rel=5e-2)
 
     _run_ranks(_resume_worker, 1, model_dir, tmp_path, lora)  # 2 (or 4) -> 1 rank

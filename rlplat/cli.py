@@ -393,7 +393,11 @@ def _run_failed(error: Exception, output_dir: Path, resume_hint: Callable[[], st
         message = f"{actor} died during {phase}" + (f"; {resume_hint()}" if resume_hint else "")
     where = f" (traceback: {log_file})" if log_file else ""
     print(f"rlplat: error: {message}{where}", file=sys.stderr)
-    return EXIT_BAD_INPUT if isinstance(error, RewardError) else EXIT_RUN_FAILED
+    causes, e = [], error  # the async producer re-raises a reward's failure as its cause
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    return EXIT_BAD_INPUT if any(isinstance(c, RewardError) for c in causes) else EXIT_RUN_FAILED
 
 
 def _dead_actor(error: BaseException) -> tuple[str, str] | None:

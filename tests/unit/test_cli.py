@@ -142,6 +142,22 @@ def test_reward_that_raises_is_one_line_exit_2_and_keeps_the_samples(monkeypatch
     assert "Traceback" in (out / "logs" / "error.log").read_text()
 
 
+def test_reward_failure_raised_by_the_async_producer_is_exit_2(monkeypatch, capsys, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from rlplat.rewards.registry import RewardError
+
+    def fail(cfg):
+        try:
+            raise RewardError("reward function 'r.py:f' returned nan for sample 0 (1 of 16 non-finite)")
+        except RewardError as e:
+            raise RuntimeError(f"rollout producer failed: RewardError: {e}") from e
+
+    _failing_train(monkeypatch, fail)
+    code, err = _run(["train", SMOKE, f"model.path={tiny_model_dir}", f"experiment.output_dir={tmp_path}"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("rlplat: error: rollout producer failed: RewardError: reward function 'r.py:f' returned nan")
+
+
 def test_other_failure_is_one_line_exit_1(monkeypatch, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     def fail(cfg):
         raise TimeoutError("train step: no answer within 8 s (cluster.call_timeout_s); the actor is hung")

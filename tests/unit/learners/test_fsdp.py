@@ -76,6 +76,27 @@ def _load(model_dir: Path, lora: bool) -> torch.nn.Module:
     return apply_lora(model, LORA) if lora else model
 
 
+def _critic(model_dir: Path) -> torch.nn.Module:
+    """A PPO value model as `learners/critic.py` builds it (its score head seeded, not zeroed: so it learns)."""
+    from transformers import AutoModelForTokenClassification
+
+    torch.manual_seed(0)
+    return AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+
+
+def _critic_step(critic: torch.nn.Module, rows: list[int], count: float) -> float:
+    """One AdamW step of the clipped-norm value loss 0.5 (V - R)^2 on `rows` (R: the sample's advantage)."""
+    ids, mask, adv, lengths = _batch()
+    opt = _optimizer(critic)
+    width = max(lengths[r] for r in rows)
+    values = critic(input_ids=ids[rows, :width]).logits[:, :-1, 0].float()
+    loss = aggregate(0.5 * (values - adv[rows, None]) ** 2, mask[rows, : width - 1], "token-mean", global_count=count)
+    loss.backward()
+    clip_grad_norm(critic.parameters(), MAX_NORM)  # plain or sharded parameters alike
+    opt.step()
+    return loss.item()
+
+
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
 
@@ -157,8 +178,12 @@ def _train_worker(rank: int, world: int, port: int, model_dir: Path, out: Path, 
     save_sharded(model, opt, out / "ckpt", extra={"step": 1})
     res["loss2"], res["norm2"] = _sharded_step(model, opt, rank, world)
     res["w2"], _ = _gather(model)
-    if not lora:  # a frozen KL reference, sharded; and bf16 compute (fp32 master and reduction) over gloo
-        ids, mask, adv, _ = _batch()
+    if not lora:  # a PPO critic; a frozen KL reference; bf16 compute (fp32 master and reduction) over gloo
+        ids, mask, adv, lengths = _batch()
+        critic = shard_model(_critic(model_dir))
+        rows = balance_samples(lengths, world)[rank]
+        res["critic_loss"] = all_reduce_sum(_critic_step(critic, rows, all_reduce_sum(float(mask[rows].sum()))))
+        res["critic_w"], _ = _gather(critic)
         frozen = shard_model(_load(model_dir, False).requires_grad_(False))
         bf16 = shard_model(_load(model_dir, False), compute_dtype=torch.bfloat16)
         with torch.no_grad():
@@ -199,6 +224,10 @@ def _reference(model_dir: Path, lora: bool) -> dict[str, Any]:
         full = merged_state_dict(model) if lora else model.state_dict()
         res[f"loss{step}"], res[f"norm{step}"] = loss.item(), float(norm)
         res[f"w{step}"] = {k: v.detach().clone() for k, v in full.items()}
+    if not lora:
+        critic = _critic(model_dir)
+        res["critic_loss"] = _critic_step(critic, list(range(len(ids))), float(mask.sum()))
+        res["critic_w"] = {k: v.detach().clone() for k, v in critic.state_dict().items()}
     return res
 
 
@@ -237,6 +266,8 @@ def test_ranks_match_one_process_and_resume_on_one_rank(model_dir: Path, tmp_pat
     assert stats["sync/num_buckets"] > 2 and stats["sync/peak_extra_bytes"] < BUCKET_BYTES + largest
     assert stats["sync/gather_bytes"] > 2 * stats["sync/peak_extra_bytes"]  # never the whole model at once
     if not lora:
+        assert r0["critic_loss"] == pytest.approx(ref["critic_loss"], abs=ATOL)
+        _assert_weights(r0["critic_w"], ref["critic_w"])
         assert r0["loss0_frozen"] == pytest.approx(ref["loss0"], abs=ATOL) and r0["frozen_root_sharded"]
         assert r0["loss0_bf16"] == pytest.approx(ref["loss0"], rel=5e-2)
 

@@ -154,6 +154,8 @@ def _base_entries(model: nn.Module) -> list[tuple[str, Tensor, list[Tensor], flo
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
             active = [a for a in module.active_adapters if a in module.lora_A]
+            if not active:  # adapters disabled here: the base weight as it is
+                continue
             if len(active) > 1 or getattr(module, "fan_in_fan_out", False) or module.use_dora.get(active[0], False):
                 raise ValueError(f"{name}: the sharded gather merges one plain LoRA adapter per layer "
                                  f"(active {active}, no DoRA, no fan_in_fan_out)")

@@ -163,8 +163,8 @@ def throughput(sets: list[DataSet], digits: list[Any], tokenizers: dict[str, Any
         for fmt, path in ds.files.items():
             load = partial(load_rows, [path], prompt_key=ds.prompt_key)
             rows = load(cache_dir=cold())
-            add(ds.name, f"load_rows {fmt}, cold cache", "", len(rows), best_seconds(with_cold_cache(load, cold),
-                                                                                      repeats))
+            add(ds.name, f"load_rows {fmt}, cold cache", "", len(rows),
+                best_seconds(with_cold_cache(load, cold), repeats))
             warm = partial(load, cache_dir=cold())
             warm()
             add(ds.name, f"load_rows {fmt}, warm cache", "", len(rows), best_seconds(warm, repeats))

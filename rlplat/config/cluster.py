@@ -10,7 +10,7 @@ from rlplat.config.errors import check
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ClusterConfig:
-    address: str = "auto"  # "auto": attach to a running Ray cluster if there is one, else start a local one
+    address: str = "auto"  # "auto": join a cluster started on purpose (ray start, RAY_ADDRESS), else a local one of its own
     num_cpus: int = 8  # logical CPUs for a local Ray (TransferQueue actors each ask for one)
     dashboard_host: str = "127.0.0.1"
     call_timeout_s: float = 600.0  # deadline for any one remote call (a generation batch, a train step, a sync)

@@ -59,6 +59,10 @@ class Tokens:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """One tokenizer call for many texts (a third of the time of one call each, `rlplat bench data`)."""
+        return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
@@ -274,7 +278,8 @@ def reward_inputs(samples: list[Sample], tokens: Tokens, prompts: PromptSet | No
                   env_returns: list[float] | None = None) -> RewardInputs:
     """The batch record reward functions read: token ids, decoded text, and each sample's dataset row (by its
     prompt_id in `prompts`). Each distinct answer is tokenised once (a group shares one)."""
-    answer_ids = {a: tokens.encode(a) for a in {s.answer for s in samples}}
+    answers = sorted({s.answer for s in samples})
+    answer_ids = dict(zip(answers, tokens.encode_many(answers), strict=True))
     return RewardInputs(
         response_token_ids=[s.response_token_ids for s in samples],
         response_texts=[tokens.decode(s.response_token_ids) for s in samples],

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import enum
-import importlib.util
 import inspect
 import json
 import math
@@ -33,11 +32,11 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rlplat.agents.tool_calls import ParsedTurn, ToolCall, ToolCallError
 from rlplat.sandbox import Sandbox, SandboxLimits, SandboxResult, default_sandbox
+from rlplat.user_code import load_function
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,18 +292,7 @@ def load_user_tool(spec: str, *, timeout_s: float = 30.0) -> Tool:
     path, sep, name = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not name:
         raise ValueError(f"tool {spec!r}: expected python, calculator or path/to/file.py:function")
-    if not Path(path).is_file():
-        raise ValueError(f"tool {spec!r}: file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"rlplat_user_tool_{Path(path).stem}", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # a user's file: report any import failure by name
-        raise ValueError(f"tool {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"tool {spec!r}: {path} has no function {name!r}")
+    fn = load_function(path, name, what=f"tool {spec!r}")
     return tool_from_function(fn, timeout_s=timeout_s)
 
 

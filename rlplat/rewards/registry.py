@@ -24,10 +24,8 @@ column the data lacks.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +35,7 @@ from rlplat.rewards.basic import RewardInputs, digit_accuracy, env_return, exact
 from rlplat.rewards.builtin import format_regex, length_penalty, math_verify, tensorbleu
 from rlplat.rewards.code_tests import code_tests
 from rlplat.rewards.countdown import countdown
+from rlplat.user_code import load_function
 
 RewardFn = Callable[[RewardInputs], "torch.Tensor | Sequence[float]"]
 
@@ -62,19 +61,7 @@ def load_reward(name: str, *, pattern: str = "", target_length_in_tokens: int = 
     if not sep or not path.endswith(".py"):
         raise ValueError(f"unknown reward {name!r}: use one of {', '.join(BUILTIN_REWARDS)} or "
                          "path/to/file.py:function")
-    if not Path(path).is_file():
-        raise ValueError(f"reward {name!r}: file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"rlplat_user_reward_{Path(path).stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # a user's file: report any import failure by name
-        raise ValueError(f"reward {name!r}: importing {path} failed: {type(e).__name__}: {e}") from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise ValueError(f"reward {name!r}: {path} has no function {func!r}")
-    return fn
+    return load_function(path, func, what=f"reward {name!r}")
 
 
 def required_columns(name: str) -> tuple[str, ...]:

@@ -16,6 +16,11 @@ from rlplat.config import RunConfig, dump_yaml, flatten, to_dict
 _MAX_PARAM_CHARS = 500
 
 
+# MLflow 3's UI opens an experiment by its kind: model training shows the runs and their metric charts first, not
+# "GenAI > Evaluations".
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 class Tracker:
     """One MLflow run. `run_id` may be given to re-attach (resume)."""
 
@@ -29,15 +34,20 @@ class Tracker:
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment_name)
         if exp is None:
             artifacts = (cfg.output_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
-            exp_id = self.client.create_experiment(cfg.tracking.experiment_name, artifact_location=artifacts)
+            exp_id = self.client.create_experiment(cfg.tracking.experiment_name, artifact_location=artifacts,
+                                                   tags={EXPERIMENT_KIND: MODEL_TRAINING})
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        self.status_before_resume: str | None = None
         if run_id is None:
             all_tags = {"mlflow.runName": cfg.experiment.name, **(tags or {})}
             self.run_id = self.client.create_run(exp_id, tags=all_tags).info.run_id
             self._log_spec(cfg)
         else:
             self.run_id = run_id
+            self.status_before_resume = self.client.get_run(run_id).info.status
             self.client.update_run(run_id, status="RUNNING")
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._system = None
@@ -118,6 +128,11 @@ class Tracker:
         return str(version.version)
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the run with `status`. A resume that fails leaves a run that had finished FINISHED (tagged with the
+        failed attempt), so a finished result is never marked failed after the fact."""
         if self._system is not None:
             self._system.finish()
+        if status == "FAILED" and self.status_before_resume == "FINISHED":
+            self.set_tag("rlplat.failed_resume", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            status = "FINISHED"
         self.client.set_terminated(self.run_id, status=status)

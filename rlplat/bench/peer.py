@@ -56,7 +56,8 @@ RLPLAT_OVERRIDES = ("data.task=copy", "learner.lr=1e-4", "rollout.num_prompts_pe
 @dataclass(frozen=True, slots=True)
 class SideRun:
     """One side's training run, per step (index 0 = step 1). end_s: seconds from the start of step 1 to the end
-    of the step (its logging included); wall_s: the whole side from launch to exit."""
+    of the step (its logging included); setup_s: from launch to the start of step 1 (imports, model load; rlplat:
+    also Ray, the vLLM engine, the step-0 eval); wall_s: the whole side from launch to exit."""
 
     side: str
     seed: int
@@ -64,6 +65,7 @@ class SideRun:
     step_s: list[float]
     end_s: list[float]
     num_tokens: list[float]
+    setup_s: float
     wall_s: float
 
 
@@ -109,19 +111,19 @@ def time_to_reach(run: SideRun, threshold: float, *, window: int) -> float:
 
 def summary_row(run: SideRun, thresholds: list[float], *, window: int, samples_per_step: int) -> list[object]:
     """side, seed, steps, median s/step, samples/s, generated tokens/s, steps and seconds to each threshold,
-    the last window's mean reward, wall seconds."""
+    the last window's mean reward, setup and wall seconds."""
     median_step = statistics.median(run.step_s)
     reach = [steps_to_reach(run.reward_mean, t, window=window) for t in thresholds]
     times = [time_to_reach(run, t, window=window) for t in thresholds]
     last = run.reward_mean[-window:]
     return [run.side, run.seed, len(run.step_s), median_step, samples_per_step / median_step,
-            sum(run.num_tokens) / sum(run.step_s), *reach, *times, sum(last) / len(last), run.wall_s]
+            sum(run.num_tokens) / sum(run.step_s), *reach, *times, sum(last) / len(last), run.setup_s, run.wall_s]
 
 
 def table_headers(thresholds: list[float], window: int) -> list[str]:
     return ["side", "seed", "steps", "s/step (median)", "samples/s", "gen tokens/s",
             *[f"steps to {t:g}" for t in thresholds], *[f"s to {t:g}" for t in thresholds],
-            f"reward last {window}", "wall s"]
+            f"reward last {window}", "setup s", "wall s"]
 
 
 def headline_ratio(runs: list[SideRun], threshold: float, *, window: int) -> float:
@@ -195,7 +197,7 @@ def run_trl(args: argparse.Namespace, seed: int, python: Path) -> SideRun:
         raise RuntimeError(f"the TRL side failed (exit {done.returncode}); {out / 'log.txt'} ends:\n" + "\n".join(tail))
     r = json.loads((out / "result.json").read_text())
     print(f"trl seed {seed}: TRL {r['trl']}, transformers {r['transformers']}, torch {r['torch']}", file=sys.stderr)
-    return SideRun("trl", seed, r["reward_mean"], r["step_s"], r["end_s"], r["num_tokens"],
+    return SideRun("trl", seed, r["reward_mean"], r["step_s"], r["end_s"], r["num_tokens"], r["setup_s"],
                    time.perf_counter() - start)
 
 
@@ -251,7 +253,7 @@ def run_rlplat(args: argparse.Namespace, seed: int) -> SideRun:
                            f"{len(h['time/step_s'])}")
     begin = logged[0] - h["time/step_s"][0]  # the first step began this long before its line landed
     return SideRun("rlplat", seed, h["rollout/reward_mean"], h["time/step_s"], [t - begin for t in logged],
-                   [n * cfg.num_samples_per_step for n in h["rollout/response_length_mean"]], wall)
+                   [n * cfg.num_samples_per_step for n in h["rollout/response_length_mean"]], begin - start, wall)
 
 
 def main(argv: list[str] | None = None) -> int:

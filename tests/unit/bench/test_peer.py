@@ -18,7 +18,7 @@ from rlplat.bench.common import print_table
 def _run(side: str, rewards: list[float], step_s: float, seed: int = 0) -> peer.SideRun:
     n = len(rewards)
     return peer.SideRun(side, seed, rewards, [step_s] * n, [step_s * (i + 1) for i in range(n)], [100.0] * n,
-                        wall_s=step_s * n + 10)
+                        setup_s=5.0, wall_s=step_s * n + 10)
 
 
 def test_parse_floats() -> None:
@@ -42,7 +42,8 @@ def test_steps_to_reach(rewards: list[float], threshold: float, window: int, exp
 
 
 def test_time_to_reach_is_the_end_of_the_step_that_reaches() -> None:
-    run = peer.SideRun("trl", 0, [0.0, 0.4, 0.8, 0.8], [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 6.5, 11.0], [6.0] * 4, 20.0)
+    run = peer.SideRun("trl", 0, [0.0, 0.4, 0.8, 0.8], [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 6.5, 11.0], [6.0] * 4,
+                       setup_s=2.0, wall_s=20.0)
     assert peer.time_to_reach(run, 0.6, window=2) == 6.5  # mean(0.4, 0.8) = 0.6 at step 3
     assert peer.time_to_reach(run, 0.9, window=2) == math.inf
 
@@ -50,14 +51,14 @@ def test_time_to_reach_is_the_end_of_the_step_that_reaches() -> None:
 def test_summary_row_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     run = _run("rlplat", [0.0, 0.6, 0.6, 1.0], step_s=0.5)
     row = peer.summary_row(run, [0.5, 0.9], window=2, samples_per_step=128)
-    # side, seed, steps, s/step, samples/s, tokens/s, steps to 0.5/0.9, s to 0.5/0.9, last-2 mean, wall
-    assert row == ["rlplat", 0, 4, 0.5, 256.0, 200.0, 3, math.inf, 1.5, math.inf, 0.8, 12.0]
+    # side, seed, steps, s/step, samples/s, tokens/s, steps to 0.5/0.9, s to 0.5/0.9, last-2 mean, setup, wall
+    assert row == ["rlplat", 0, 4, 0.5, 256.0, 200.0, 3, math.inf, 1.5, math.inf, 0.8, 5.0, 12.0]
     headers = peer.table_headers([0.5, 0.9], window=2)
     assert len(headers) == len(row)
     print_table(headers, [row])
     lines = capsys.readouterr().out.splitlines()
     assert "steps to 0.5" in lines[0] and "s to 0.9" in lines[0] and "reward last 2" in lines[0]
-    assert lines[2].split() == ["rlplat", "0", "4", "0.5", "256", "200", "3", "inf", "1.5", "inf", "0.8", "12"]
+    assert lines[2].split() == ["rlplat", "0", "4", "0.5", "256", "200", "3", "inf", "1.5", "inf", "0.8", "5", "12"]
 
 
 def test_headline_ratio_is_median_time_over_seeds() -> None:

@@ -111,3 +111,12 @@ def test_modules_stay_under_500_lines(path: Path) -> None:
 
 def test_the_training_loop_reads_in_one_sitting() -> None:
     assert len((PKG / "driver" / "loop.py").read_text().splitlines()) < 200
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports a test file outside a package by its basename: two such files with one name stop the whole
+    run at collection ("import file mismatch")."""
+    tests = PKG.parent / "tests"
+    loose = [p for p in tests.rglob("test_*.py") if not (p.parent / "__init__.py").exists()]
+    names = [p.name for p in loose]
+    assert not {n for n in names if names.count(n) > 1}

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
 
     from rlplat.config import load_config
     from rlplat.driver import loop
-    from rlplat.driver.experience import RolloutOptions, make_groups
+    from rlplat.driver.experience import RolloutOptions
     from rlplat.driver.run_state import preflight
     from rlplat.driver.workers import Workers, engine_options
 
@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
     try:
         for rep in range(5):
             n = cfg.rollout.num_prompts_per_step
-            groups = make_groups(inputs.train_problems[rep * n:(rep + 1) * n], inputs.tokens,
-                                 cfg.rollout.num_samples_per_prompt, first_group_id=rep * 1000)
+            groups = inputs.train_prompts.groups(list(range(rep * n, (rep + 1) * n)),
+                                                 cfg.rollout.num_samples_per_prompt, first_group_id=rep * 1000)
             t0 = time.perf_counter()
             out = workers.generate(groups, sampling, 0)
             raw.append(sum(g.num_response_tokens for g in out) / (time.perf_counter() - t0))

@@ -148,9 +148,20 @@ class RolloutEngine:
         """
         assert self.engine is not None
         await self.engine.collective_rpc(method, args=args)
-        await self.engine.reset_prefix_cache()
+        await self._drop_cached_prefixes()
         if version is not None:
             self.loaded_version = version
+
+    async def _drop_cached_prefixes(self, attempts: int = 50, wait_s: float = 0.02) -> None:
+        """vLLM refuses to reset its prefix cache while KV blocks are in use. Just after an abort (APRIL) the
+        aborted requests' blocks are freed within a few engine steps, and a continuation would otherwise reuse KV
+        computed with the old weights: with none of this engine's requests in flight, ask again (at most
+        attempts x wait_s). With requests running (async rollout) the reset cannot happen now; do not wait."""
+        assert self.engine is not None
+        for _ in range(attempts):
+            if await self.engine.reset_prefix_cache() or self._inflight:
+                return
+            await asyncio.sleep(wait_s)
 
     async def rpc(self, method: str, *args: object) -> object:
         """Call a `WeightSyncExtension` method on the (first) worker: checksums, parameter names, stats."""

@@ -2,7 +2,7 @@
 `math_verify` reward reading the `answer` column; real Ray, real vLLM (CPU).
 
 Tokens in, tokens out: the prompt ids the learner trains on are exactly the chat template's rendering of the row,
-and the response ids are the ones the engine sampled (its own log-probs of them match the behaviour log-probs).
+and the response ids are the ones the engine sampled (the learner's log-probs of them match the behaviour log-probs).
 """
 
 from __future__ import annotations
@@ -66,8 +66,24 @@ def test_chat_dataset_trains_on_the_tokens_the_engine_sampled(ray_session, chat_
         batches.append(batch)
         return batch
 
+    # The behaviour log-probs travel with the ids: before its first update, the learner's log-probs of a trained
+    # sample's own ids match them.
+    seen: list[float] = []
+    train_step = loop.train_step
+
+    def probe(cfg_, workers, batch, step):
+        if not seen:
+            s = batch.samples[0]
+            logps = workers.call(workers.learner.sequence_logps.remote(s.prompt_token_ids + s.response_token_ids),
+                                 "probe")
+            seen.append(max(abs(a - b) for a, b in zip(logps[len(s.prompt_token_ids) - 1:], s.logp_behaviour,
+                                                       strict=True)))
+        return train_step(cfg_, workers, batch, step)
+
     monkeypatch.setattr(loop, "make_batch", spy)
+    monkeypatch.setattr(loop, "train_step", probe)
     result = loop.train(cfg, progress=False)
+    assert seen and seen[0] < 2e-2
 
     tok = AutoTokenizer.from_pretrained(chat_model)
     rows = [json.loads(line) for line in train.read_text().splitlines()]
@@ -81,27 +97,6 @@ def test_chat_dataset_trains_on_the_tokens_the_engine_sampled(ray_session, chat_
     for key in ("eval/reward_mean", "eval/pass_at_k", "eval/mean_at_k", "eval/exact_match", "rollout/reward_mean"):
         assert key in history, key
     assert history["eval/k"] == 2
-
-
-def test_engine_scores_the_trained_ids_as_sampled(ray_session, chat_model: Path, tmp_path: Path,
-                                                  monkeypatch) -> None:
-    """The behaviour log-probs travel with the ids: the learner's log-probs of the batch's own ids match them."""
-    train, test = _write_chat_data(tmp_path)
-    cfg = _cfg(chat_model, tmp_path / "run", train, test, "experiment.num_steps=1", "eval.num_samples=1")
-    seen: list[dict[str, float]] = []
-    train_step = loop.train_step
-
-    def spy(cfg_, workers, batch, step):
-        probe = batch.samples[0]
-        logps = workers.call(workers.learner.sequence_logps.remote(probe.prompt_token_ids + probe.response_token_ids),
-                             "probe")
-        tail = logps[len(probe.prompt_token_ids) - 1:]
-        seen.append({"max_diff": max(abs(a - b) for a, b in zip(tail, probe.logp_behaviour, strict=False))})
-        return train_step(cfg_, workers, batch, step)
-
-    monkeypatch.setattr(loop, "train_step", spy)
-    loop.train(cfg, progress=False)
-    assert seen and seen[0]["max_diff"] < 2e-2
 
 
 def test_bad_dataset_input_stops_before_any_actor(chat_model: Path, tmp_path: Path) -> None:

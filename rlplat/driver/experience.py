@@ -434,10 +434,13 @@ def sample_rows(step: int, groups: list[Group], tokens: Tokens, n: int) -> list[
             for s in [s for g in groups for s in g.samples][:n]]
 
 
+TRAINED_GROUPS = "trained_groups.jsonl"  # in output_dir; a resume rewinds it (run_state.rewind_trained)
+
+
 def record_trained(output_dir: Path, step: int, groups: list[Group]) -> None:
     """Append which prompts were trained at `step` (an audit trail: nothing trained twice or skipped)."""
     import json
 
-    with open(output_dir / "trained_groups.jsonl", "a") as f:
+    with open(output_dir / TRAINED_GROUPS, "a") as f:
         f.write(json.dumps({"step": step, "prompt_ids": [g.prompt_id for g in groups],
                             "group_ids": [g.group_id for g in groups]}) + "\n")

@@ -40,43 +40,19 @@ a `RemoteRolloutWorker`, or a test fake).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from rlplat.config import EnvConfig
 from rlplat.envs.text_env import StepResult, TextEnv
+from rlplat.turns import Codec, ModelTurn, Reply, TurnLimits, TurnWorker, play_round
 from rlplat.types import FinishReason, Group, Sample, SamplingOptions
 
+__all__ = ["Codec", "TurnWorker"]  # the multi-turn protocols (rlplat.turns), as env callers import them
 
-class TurnWorker(Protocol):
-    """Generates one model turn for each sample: extends it in place, with per-token log-probs and version."""
-
-    async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]: ...
-
-
-class Codec(Protocol):
-    """The model's tokenizer: text <-> token ids (no special tokens added; decode skips them)."""
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EpisodeBudget:
-    max_turns: int  # model turns per episode
-    max_new_tokens_per_turn: int  # tokens one model turn may generate (EOS ends it earlier)
-    max_response_tokens: int  # model + env tokens after the prompt, per episode
-    max_context_tokens: int | None = None  # the model's context: prompt + response never exceeds it
-
-    def __post_init__(self) -> None:
-        for name in ("max_turns", "max_new_tokens_per_turn", "max_response_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+EpisodeBudget = TurnLimits  # model turns, tokens per turn, response tokens, context: the shared multi-turn limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,18 +84,21 @@ _WHITESPACE = re.compile(r"\s+")
 
 @dataclass(slots=True)
 class Episode:
-    """Driver-side record of one episode: its sample and what the env has said so far."""
+    """Driver-side record of one episode: its sample, its turn state (`rlplat.turns.Turns`) and what the env has
+    said so far."""
 
     sample: Sample
     env_id: int
     seed: int
     env_return: float = 0.0  # sum of env rewards, penalties included, unscaled
-    num_turns: int = 0
+    num_turns: int = 0  # model turns completed
     num_invalid_actions: int = 0
     env_done: bool = False  # the env ended the episode (terminated or truncated by its step limit)
-    turn_start: int = 0  # index in the response where the current model turn starts
+    turn_start: int = 0  # index in the response where the last model turn played in the env starts
     actions: list[str] = field(default_factory=list)  # action text of every turn played (replayed by APRIL)
     observation: str = ""  # the latest rendered observation (APRIL checks its replay against it)
+    partial_turn: list[int] = field(default_factory=list)  # the current model turn's ids (rlplat.turns)
+    turn_done: bool = False  # the current model turn is complete and not yet played in the env
 
 
 @dataclass(slots=True)
@@ -129,6 +108,44 @@ class EpisodeBatch:
     groups: list[Group]
     episodes: list[Episode]
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class EpisodeEnv:
+    """A `TextEnv` as the `TurnEnv` of episodes: each round steps every episode whose turn is done at once
+    (one `env.step`), with its model turn decoded as the action."""
+
+    def __init__(self, env: TextEnv, codec: Codec, fmt: EpisodeFormat, clock: Clock) -> None:
+        self.env, self.codec, self.fmt, self.clock = env, codec, fmt, clock
+
+    async def respond(self, episodes: list[Episode], turns: list[ModelTurn]) -> list[Reply]:
+        """Step the episodes; the next observation for those that go on. An episode that ends sets its sample's
+        reward (the scaled return); one a budget ends releases its env."""
+        with self.clock:
+            actions = [self.codec.decode(t.token_ids) for t in turns]
+            results = self.env.step([ep.env_id for ep in episodes], actions)
+        replies, released = [], []
+        for ep, turn, action, result in zip(episodes, turns, actions, results, strict=True):
+            _record(ep, turn, action, result)
+            reply = self._reply(ep, turn, result)
+            if reply.finish is not None:
+                ep.sample.reward = self.fmt.return_scale * ep.env_return
+                if not ep.env_done:
+                    released.append(ep.env_id)
+            replies.append(reply)
+        if released:
+            self.env.release(released)
+        return replies
+
+    def _reply(self, ep: Episode, turn: ModelTurn, result: StepResult) -> Reply:
+        if ep.env_done:
+            return Reply.end(FinishReason.STOP)
+        if turn.is_last:
+            return Reply.end(FinishReason.LENGTH, "turns")
+        with self.clock:
+            obs_ids = self.codec.encode(self.fmt.env_turn(result.observation, self.env.spec.action_help))
+        if len(obs_ids) > turn.room:  # no room for the observation and one model token
+            return Reply.end(FinishReason.LENGTH, "tokens")
+        return Reply(obs_ids)
 
 
 async def play_episodes(
@@ -163,9 +180,9 @@ async def play_episodes(
     groups = start_groups(first, env.spec.action_help, codec, fmt, budget, seeds=seeds,
                           num_samples_per_seed=num_samples_per_seed, first_group_id=first_group_id, clock=clock)
     episodes = [ep for g in groups for ep in g]
-    live = episodes
+    live, turns = episodes, EpisodeEnv(env, codec, fmt, clock)
     while live:
-        live = await play_turn(env, live, workers, codec, budget, fmt, sampling, policy_version, clock)
+        live = await play_round(live, workers, turns, budget, sampling, policy_version)
     for ep in episodes:
         ep.sample.validate()
     return EpisodeBatch(groups=[Group(group_id=first_group_id + k, prompt_id=int(seed), samples=[ep.sample for ep in g])
@@ -187,7 +204,7 @@ def start_groups(first_observations: Sequence[str], action_help: str, codec: Cod
                 prompt = codec.encode(fmt.prompt(first_observations[j], action_help))
             sample = Sample(group_id=first_group_id + k, sample_index=i, prompt_id=int(seed), prompt_token_ids=prompt)
             ep = Episode(sample=sample, env_id=first_env_id + j, seed=int(seed), observation=first_observations[j])
-            if _tokens_left(ep, budget) < 1:
+            if budget.tokens_left(sample) < 1:
                 raise ValueError(f"the prompt of episode {ep.env_id} ({len(prompt)} tokens) leaves no room for a "
                                  f"model turn within the context of {budget.max_context_tokens} tokens")
             group.append(ep)
@@ -195,95 +212,13 @@ def start_groups(first_observations: Sequence[str], action_help: str, codec: Cod
     return groups
 
 
-async def play_turn(env: TextEnv, live: list[Episode], workers: Sequence[TurnWorker], codec: Codec,
-                    budget: EpisodeBudget, fmt: EpisodeFormat, sampling: SamplingOptions, version: int,
-                    clock: Clock) -> list[Episode]:
-    """One turn of every live episode (a model turn, then one env step each); returns those still live."""
-    await _model_turn(live, workers, budget, sampling, version)
-    return _env_turn(env, live, codec, budget, fmt, version, clock)
-
-
-async def _model_turn(live: list[Episode], workers: Sequence[TurnWorker], budget: EpisodeBudget,
-                      sampling: SamplingOptions, version: int) -> None:
-    """One turn for every live episode: requests carry the context so far as their prompt, so each generates
-    only this turn's tokens. A group stays on one worker (group_id mod workers: its prefix cache, across steps
-    too). Requests are batched per worker and per token cap (the cap is below max_new_tokens_per_turn only where
-    the episode's token budget is nearly spent)."""
-    calls: dict[tuple[int, int], list[tuple[Episode, Sample]]] = {}
-    for ep in live:
-        s = ep.sample
-        request = Sample(group_id=s.group_id, sample_index=s.sample_index, prompt_id=s.prompt_id,
-                         prompt_token_ids=s.prompt_token_ids + s.response_token_ids)
-        cap = min(budget.max_new_tokens_per_turn, _tokens_left(ep, budget))
-        calls.setdefault((s.group_id % len(workers), cap), []).append((ep, request))
-    batches = list(calls.items())
-    outs = await asyncio.gather(*(
-        workers[w].generate([r for _, r in pairs], _with_budget(sampling, cap), version)
-        for (w, cap), pairs in batches))
-    for ((_, cap), pairs), out in zip(batches, outs, strict=True):
-        if len(out) != len(pairs):
-            raise RuntimeError(f"worker returned {len(out)} samples for {len(pairs)} requests")
-        by_key = {(r.group_id, r.sample_index): r for r in out}
-        for ep, request in pairs:
-            done = by_key[(request.group_id, request.sample_index)]
-            tokens = done.response_token_ids[:cap]  # a worker must not exceed the cap; never let it break the budget
-            ep.turn_start = ep.sample.num_response_tokens
-            versions = done.policy_versions[:len(tokens)]  # per token: weights may change mid-request
-            ep.sample.extend(tokens, done.logp_behaviour[:len(tokens)], versions, FinishReason.PENDING)
-
-
-def _env_turn(env: TextEnv, live: list[Episode], codec: Codec, budget: EpisodeBudget, fmt: EpisodeFormat,
-              version: int, clock: Clock) -> list[Episode]:
-    """Step every live episode with its last model turn; append the next observation to those that go on.
-    An episode that ends sets its sample's reward (the scaled return); one a budget ends releases its env."""
-    with clock:
-        actions = [codec.decode(ep.sample.response_token_ids[ep.turn_start:]) for ep in live]
-        results = env.step([ep.env_id for ep in live], actions)
-    still_live, released = [], []
-    for ep, action, result in zip(live, actions, results, strict=True):
-        _record(ep, action, result)
-        if not ep.env_done and ep.num_turns < budget.max_turns:
-            with clock:
-                obs_ids = codec.encode(fmt.env_turn(result.observation, env.spec.action_help))
-            if _tokens_left(ep, budget) >= len(obs_ids) + 1:  # room for the observation and one model token
-                _append_env_tokens(ep.sample, obs_ids, version)
-                still_live.append(ep)
-                continue
-        ep.sample.finish_reason = FinishReason.STOP if ep.env_done else FinishReason.LENGTH
-        ep.sample.reward = fmt.return_scale * ep.env_return
-        if not ep.env_done:
-            released.append(ep.env_id)
-    if released:
-        env.release(released)
-    return still_live
-
-
-def _record(ep: Episode, action: str, result: StepResult) -> None:
+def _record(ep: Episode, turn: ModelTurn, action: str, result: StepResult) -> None:
     ep.env_return += result.reward
-    ep.num_turns += 1
     ep.num_invalid_actions += result.invalid_action
     ep.env_done = result.done
+    ep.turn_start = ep.sample.num_response_tokens - len(turn.token_ids)
     ep.actions.append(action)
     ep.observation = result.observation
-
-
-def _append_env_tokens(sample: Sample, token_ids: list[int], version: int) -> None:
-    """Env tokens: loss mask 0 and log-prob 0.0 (`Sample.extend` is for model tokens only)."""
-    sample.response_token_ids.extend(token_ids)
-    sample.logp_behaviour.extend([0.0] * len(token_ids))
-    sample.policy_versions.extend([version] * len(token_ids))
-    sample.loss_mask.extend([0] * len(token_ids))
-
-
-def _tokens_left(ep: Episode, budget: EpisodeBudget) -> int:
-    left = budget.max_response_tokens - ep.sample.num_response_tokens
-    if budget.max_context_tokens is not None:
-        left = min(left, budget.max_context_tokens - len(ep.sample.prompt_token_ids) - ep.sample.num_response_tokens)
-    return left
-
-
-def _with_budget(sampling: SamplingOptions, max_new_tokens: int) -> SamplingOptions:
-    return replace(sampling, max_new_tokens=max_new_tokens)
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:

@@ -50,15 +50,16 @@ from rlplat.envs.agent_loop import (
     Episode,
     EpisodeBatch,
     EpisodeBudget,
+    EpisodeEnv,
     EpisodeFormat,
     MemoCodec,
     TurnWorker,
     episode_metrics,
-    play_turn,
     start_groups,
 )
 from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import TextEnv
+from rlplat.turns import play_round
 from rlplat.types import Group, SamplingOptions, TokenLedger, count_policy_versions, off_policy_token_fraction
 
 
@@ -90,7 +91,7 @@ class EpisodeGroup:
     def validate(self) -> None:
         self.group.validate()
         for ep in self.episodes:
-            if ep.seed != self.seed or len(ep.actions) != ep.num_turns:
+            if ep.seed != self.seed or len(ep.actions) != ep.num_turns - ep.turn_done:
                 raise ValueError(f"episode {ep.sample.group_id}/{ep.sample.sample_index}: seed {ep.seed} (group "
                                  f"{self.seed}), {len(ep.actions)} recorded actions for {ep.num_turns} turns")
 
@@ -241,9 +242,9 @@ class EpisodeAprilManager:
         """Turns until `num_groups` groups are complete; moves complete groups from `running` to `complete` (in
         the order they complete) and returns the number of turns played."""
         live = [ep for g in running for ep in g.episodes if not ep.sample.is_finished]
-        turns = 0
+        env, turns = EpisodeEnv(self.env, codec, fmt, clock), 0
         while live and len(complete) < num_groups:
-            live = await play_turn(self.env, live, workers, codec, budget, fmt, sampling, version, clock)
+            live = await play_round(live, workers, env, budget, sampling, version)
             turns += 1
             done = [g for g in running if g.is_complete]
             complete += done

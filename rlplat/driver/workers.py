@@ -33,6 +33,7 @@ from rlplat.actors.placement_group import actor_options, cluster_gpu_count, rele
 from rlplat.actors.reward import RewardActor
 from rlplat.actors.rollout import RolloutActor
 from rlplat.config import RewardConfig, RunConfig
+from rlplat.driver import chaos
 from rlplat.models import max_context_length
 from rlplat.placement import PlacementPlan, check_gpus, plan_placement
 from rlplat.rewards.basic import RewardInputs
@@ -60,6 +61,7 @@ def hung(phase: str, timeout_s: float, key: str = TIMEOUT_KEY) -> Hung:
 
 def call(refs: Any, phase: str, timeout_s: float, key: str = TIMEOUT_KEY) -> Any:
     """ray.get with a deadline: THE way this package waits for a remote call. `key`: the spec key to raise."""
+    chaos.at(phase)  # fault injection for `rlplat bench faults --chaos`; inert unless RLPLAT_CHAOS is set
     try:
         return ray.get(refs, timeout=timeout_s)
     except GetTimeoutError:
@@ -68,6 +70,7 @@ def call(refs: Any, phase: str, timeout_s: float, key: str = TIMEOUT_KEY) -> Any
 
 async def acall(ref: Any, phase: str, timeout_s: float) -> Any:
     """`await ref` with a deadline (an ObjectRef is awaitable; the remote task itself is not cancelled)."""
+    chaos.at(phase)
     try:
         return await asyncio.wait_for(ref, timeout_s)
     except TimeoutError:

@@ -19,6 +19,10 @@ _MAX_PARAM_CHARS = 500
 # MLflow 3's UI opens an experiment by its kind: model training shows the runs and their metric charts first, not
 # "GenAI > Evaluations".
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# A resumed run: the tag lists the checkpoint step of every resume ("10,20"); the metric, logged at the first
+# resumed step, holds the checkpoint step it continued from.
+RESUMED_TAG, RESUMED_METRIC = "rlplat.resumed_from_steps", "resume/from_step"
+log = logging.getLogger("rlplat")
 
 
 class Tracker:
@@ -66,6 +70,17 @@ class Tracker:
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.log_text(dump_yaml(cfg), "spec/resolved.yaml")
+
+    def rewind(self, checkpoint_step: int) -> None:
+        """Continue after `checkpoint_step`: the steps logged after it (a run killed between checkpoints) are
+        removed, since the resumed run logs them again, and the resume is marked (RESUMED_TAG, RESUMED_METRIC)."""
+        removed = delete_metrics_after(self.uri, self.run_id, checkpoint_step)
+        if removed is None:
+            log.warning("resume: the tracking store %s keeps the metrics of steps after %d; the resumed steps are "
+                        "logged a second time (only the SQLite store can drop them)", self.uri, checkpoint_step)
+        earlier = self.client.get_run(self.run_id).data.tags.get(RESUMED_TAG)
+        self.set_tag(RESUMED_TAG, f"{earlier},{checkpoint_step}" if earlier else str(checkpoint_step))
+        self.log_metrics(checkpoint_step + 1, {RESUMED_METRIC: float(checkpoint_step)})
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -136,3 +151,57 @@ class Tracker:
             self.set_tag("rlplat.failed_resume", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             status = "FINISHED"
         self.client.set_terminated(self.run_id, status=status)
+
+
+def delete_metrics_after(tracking_uri: str, run_id: str, step: int, *, keep_prefixes: tuple[str, ...] = ("system/",)
+                         ) -> int | None:
+    """Delete run `run_id`'s metric rows with a step above `step`; returns how many, or None (nothing deleted) when
+    the store is not SQLite.
+
+    Why: a run killed at step 12 whose last checkpoint is step 10 logged steps 11-12; the resumed run logs them
+    again, and MLflow keeps both rows (a metric row is keyed by timestamp too). MLflow has no public API to delete
+    metrics, so this goes through MLflow's own SQLAlchemy store and ORM models (`metrics` and `latest_metrics`),
+    in one transaction: the rows go, and each affected key's latest value is recomputed by MLflow's rule (the
+    greatest (step, timestamp, value)), or removed when no row of that key is left. Keys under `keep_prefixes`
+    (system metrics, which count their own steps) are left alone. The driver is the store's only writer.
+    """
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import and_, not_, or_
+
+    kept = or_(*(SqlMetric.key.startswith(p) for p in keep_prefixes)) if keep_prefixes else None
+    later = and_(SqlMetric.run_uuid == run_id, SqlMetric.step > step, *([not_(kept)] if kept is not None else []))
+    artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"  # as Tracker creates it
+    store = SqlAlchemyStore(tracking_uri, default_artifact_root=str(artifacts))
+    with store.ManagedSessionMaker(read_only=False) as session:
+        keys = [k for (k,) in session.query(SqlMetric.key).filter(later).distinct()]
+        removed = session.query(SqlMetric).filter(later).delete(synchronize_session=False)
+        for key in keys:
+            newest = (session.query(SqlMetric).filter(SqlMetric.run_uuid == run_id, SqlMetric.key == key)
+                      .order_by(SqlMetric.step.desc(), SqlMetric.timestamp.desc(), SqlMetric.value.desc()).first())
+            latest = session.query(SqlLatestMetric).filter(SqlLatestMetric.run_uuid == run_id,
+                                                           SqlLatestMetric.key == key)
+            if newest is None:
+                latest.delete(synchronize_session=False)
+            else:
+                latest.update({"value": newest.value, "step": newest.step, "timestamp": newest.timestamp,
+                               "is_nan": newest.is_nan}, synchronize_session=False)
+    return removed
+
+
+def read_histories(tracking_uri: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the newest run in the store as (step, value) pairs in logging order (a resumed run is one
+    run); {} when the store holds no run. For comparing whole runs (`rlplat bench faults --chaos`)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not runs:
+        return {}
+    run_id = runs[0].info.run_id
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),
+                                                    key=lambda m: (m.step, m.timestamp))]
+            for key in runs[0].data.metrics}

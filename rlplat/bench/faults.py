@@ -1,4 +1,5 @@
 """`rlplat bench faults`: time from killing a rollout actor mid-generation to generation resuming.
+(`--chaos`: kill -9 and recovery at seeded points, compared with an uninterrupted run: rlplat/bench/faults_chaos.py.)
 
 Ray restarts the actor process; the new engine starts, receives the current weights (`Workers.recover`), and the
 interrupted batch is issued again. Printed: kill -> engine ready with weights, and kill -> the re-issued batch done.
@@ -25,9 +26,15 @@ def main(argv: list[str]) -> int:
     from rlplat.config import load_config
     from rlplat.driver.workers import Workers, engine_options
 
+    if "--chaos" in argv:
+        from rlplat.bench.faults_chaos import main as chaos_main
+
+        return chaos_main([a for a in argv if a != "--chaos"])
     p = argparse.ArgumentParser(prog="rlplat bench faults", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="models/tiny", help="model directory (written as a tiny model if missing)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--chaos", action="store_true", help="instead: kill -9 the driver, the learner or a rollout "
+                   "actor at seeded points, recover, compare with an uninterrupted run (--chaos --help: its options)")
     args = p.parse_args(argv)
     model = ensure_model(args.model, write_if_missing=True)
     cfg = load_config(SPEC, [f"model.path={model}", LOCAL_RAY, "rollout.num_workers=1",

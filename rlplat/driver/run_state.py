@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from rlplat import checkpoint as ck
 from rlplat.config import ConfigError, RunConfig, dump_yaml, to_dict
 from rlplat.data.datasets import EpochCursor, common_columns
 from rlplat.data.producer import Producer
-from rlplat.driver.experience import Rollout, Tokens
+from rlplat.driver.experience import TRAINED_GROUPS, Rollout, Tokens
 from rlplat.driver.prompts import PromptSet, load_prompt_sets
 from rlplat.driver.workers import Workers, ray_job_tags
 from rlplat.envs.agent_loop import episode_format
@@ -25,6 +27,7 @@ from rlplat.envs.registry import make_episode_env
 from rlplat.learners.replay import ReplayBuffer
 from rlplat.models import check_model_dir, max_context_length
 from rlplat.rewards.registry import check_reward_columns, load_reward
+from rlplat.tracking import Tracker
 from rlplat.types import Group
 
 log = logging.getLogger("rlplat")
@@ -203,6 +206,41 @@ def restore_checkpoint(resumed: Resumed, workers: Workers, rollout: Rollout, rep
     workers.sync(state.policy_version)
     log.info("resumed from %s at step %d (policy version %d)", path, state.step, state.policy_version)
     return state.policy_version
+
+
+def rewind_to_checkpoint(cfg: RunConfig, tracker: Tracker, state: ck.DriverState) -> None:
+    """A resumed run goes on from the checkpoint's step, so whatever was logged after it (by a run killed between
+    two checkpoints) is removed: the resumed run logs those steps again and every step appears once. The resume is
+    marked in MLflow (`Tracker.rewind`) and in trained_groups.jsonl (`rewind_trained`)."""
+    tracker.rewind(state.step)
+    rewind_trained(cfg.output_dir / TRAINED_GROUPS, state.step)
+
+
+def rewind_trained(path: Path, step: int) -> int:
+    """Keep the lines of `path` (trained_groups.jsonl) for steps <= `step`, then add one resume marker line
+    {"resumed_from_step": step, "time_utc": ...}. Earlier markers stay when they resumed from no later step; a line
+    cut short by the kill is dropped. Written to a temporary file and renamed (a second kill leaves the old file or
+    the new one). Returns the number of lines dropped."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if _line_step(line) is not None and _line_step(line) <= step]
+    marker = {"resumed_from_step": step, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(f"{line}\n" for line in kept) + json.dumps(marker) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _line_step(line: str) -> int | None:
+    """The step a trained_groups.jsonl line belongs to (a resume marker: the step it resumed from); None if cut."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step", record.get("resumed_from_step")) if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def resume_hint(cfg: RunConfig) -> str:

@@ -29,11 +29,23 @@ a `RemoteRolloutWorker`, or a test fake).
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from rlplat.types import FinishReason, Sample, SamplingOptions
+from rlplat.types import (
+    FinishReason,
+    Group,
+    Sample,
+    SamplingOptions,
+    TokenLedger,
+    count_policy_versions,
+    off_policy_token_fraction,
+)
 
 
 class TurnWorker(Protocol):
@@ -178,3 +190,121 @@ def append_non_model_tokens(sample: Sample, token_ids: list[int], version: int) 
     sample.logp_behaviour.extend([0.0] * len(token_ids))
     sample.policy_versions.extend([version] * len(token_ids))
     sample.loss_mask.extend([0] * len(token_ids))
+
+
+# ------------------------------------------------------------------------------------------ APRIL over trajectories
+class TurnGroup(Protocol):
+    """A group of multi-turn trajectories (`EpisodeGroup`, `TrajectoryGroup`), finished or not."""
+
+    @property
+    def group(self) -> Group: ...
+
+    @property
+    def is_complete(self) -> bool: ...
+
+
+G = TypeVar("G", bound=TurnGroup)
+
+
+@dataclass(slots=True)
+class AprilStep(Generic[G]):
+    """One step's groups as `TurnGroupBuffer.begin` issues them; the manager adds fresh groups to `running` and
+    moves groups to `complete` in the order they complete."""
+
+    taken: list[G]  # from the buffer, in FIFO order
+    complete: list[G]
+    running: list[G]
+    num_dropped: int  # stale groups dropped at the start of the step
+    tokens_before: int  # response tokens the taken groups held
+
+
+class TurnGroupBuffer(Generic[G]):
+    """APRIL's buffer of multi-turn groups and its token ledger (ALGORITHMS.md section 1), shared by env episodes
+    and tool trajectories. A step: `begin` drops groups older than `max_age_in_versions` (0 = never) and takes up
+    to N' groups (FIFO); the manager plays them (and fresh ones) until N are complete; `finish` returns the first
+    N complete groups and puts the rest back: complete extras first, then interrupted groups that came from the
+    buffer (FIFO order kept), interrupted fresh groups at the back. `abandon` (a worker failed) puts every issued
+    group back at the front as it stands, so the caller may retry the step. The ledger keeps
+    generated == trained + buffered + dropped at every step boundary."""
+
+    def __init__(self, max_age_in_versions: int = 0) -> None:
+        if max_age_in_versions < 0:
+            raise ValueError(f"max_age_in_versions must be >= 0, got {max_age_in_versions}")
+        self.max_age_in_versions = max_age_in_versions
+        self.groups: deque[G] = deque()
+        self.ledger = TokenLedger()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(g.group.num_response_tokens for g in self.groups)
+
+    def state(self) -> list[G]:
+        """The buffer (deep copy, serving order): what a checkpoint stores."""
+        return copy.deepcopy(list(self.groups))
+
+    def load_state(self, groups: list[G], ledger: TokenLedger | None = None) -> None:
+        """Restore from `state()`. Without a saved `ledger`, its tokens count as generated and buffered."""
+        for g in groups:
+            g.group.validate()
+        self.groups = deque(copy.deepcopy(groups))
+        tokens = self.num_tokens
+        self.ledger = (TokenLedger(generated=tokens, buffered=tokens) if ledger is None
+                       else dataclasses.replace(ledger, buffered=tokens))
+        self.ledger.check()
+
+    def begin(self, num_issue: int, policy_version: int) -> AprilStep[G]:
+        dropped = self._drop_stale(policy_version)
+        taken = [self.groups.popleft() for _ in range(min(num_issue, len(self.groups)))]
+        return AprilStep(taken=taken, complete=[g for g in taken if g.is_complete],
+                         running=[g for g in taken if not g.is_complete], num_dropped=dropped,
+                         tokens_before=sum(g.group.num_response_tokens for g in taken))
+
+    def abandon(self, step: AprilStep[G]) -> None:
+        self.groups.extendleft(reversed(step.complete + step.running))
+        self._count_generated(step)
+        self.ledger.buffered = self.num_tokens
+
+    def finish(self, step: AprilStep[G], num_groups: int) -> tuple[list[G], list[G]]:
+        """(the step's batch: the first num_groups complete groups, the complete extras put back)."""
+        self._count_generated(step)
+        batch, extra = step.complete[:num_groups], step.complete[num_groups:]
+        taken = {id(g) for g in step.taken}
+        self.groups.extendleft(reversed(extra + [g for g in step.running if id(g) in taken]))
+        self.groups.extend(g for g in step.running if id(g) not in taken)
+        self.ledger.trained += sum(g.group.num_response_tokens for g in batch)
+        self.ledger.buffered = self.num_tokens
+        self.ledger.check()
+        return batch, extra
+
+    def metrics(self, step: AprilStep[G], num_fresh: int, extra: list[G], policy_version: int,
+                batch: list[Group]) -> dict[str, float]:
+        return {"april/num_groups_from_buffer": float(len(step.taken)), "april/num_groups_fresh": float(num_fresh),
+                "april/num_groups_issued": float(len(step.taken) + num_fresh),
+                "april/num_groups_dropped": float(step.num_dropped),
+                "april/num_groups_interrupted": float(len(step.running)),
+                "april/num_groups_extra_complete": float(len(extra)), "april/groups_buffered": float(len(self.groups)),
+                "april/num_samples_multi_version": float(count_policy_versions(batch)),
+                "rollout/off_policy_token_fraction": off_policy_token_fraction(batch, policy_version)
+                } | self.ledger.as_metrics()
+
+    def _count_generated(self, step: AprilStep[G]) -> None:
+        self.ledger.generated += sum(g.group.num_response_tokens for g in step.complete + step.running) \
+            - step.tokens_before
+
+    def _drop_stale(self, policy_version: int) -> int:
+        if self.max_age_in_versions == 0:
+            return 0
+        min_version = policy_version - self.max_age_in_versions
+        keep, dropped = deque(), []
+        for g in self.groups:
+            oldest = g.group.oldest_policy_version
+            (dropped if oldest is not None and oldest < min_version else keep).append(g)
+        self.groups = keep
+        self.ledger.dropped += sum(g.group.num_response_tokens for g in dropped)
+        self.ledger.buffered = self.num_tokens
+        return len(dropped)
+
+
+def num_groups_to_issue(num_groups: int, over_provision: float) -> int:
+    """N' = ceil(over_provision * N), never below N (as `AprilManager.num_groups_to_issue`)."""
+    return max(num_groups, math.ceil(over_provision * num_groups - 1e-9))

@@ -29,16 +29,23 @@ writes raises. Budgets per trajectory (`AgentBudget`) end it with finish_reason 
 the model's context), and wall time, which is checked between turns and bounds the tools' time (a model turn in
 progress is not cut).
 
-APRIL: a request the engine aborts leaves the sample PENDING, the turn's ids so far in `partial_turn`. Playing
-the same `Trajectory` again (next step) continues that turn: its request carries them, and they count in the
-turn's cap. Wall time counts the time a trajectory is played, not time it waits between steps.
+Rounds: every model turn and its tool turn are one round of `rlplat.turns.play_round`, the multi-turn driver
+shared with EnvPool episodes; `AgentLoop.respond` is this loop's `TurnEnv` (parse, run tools, render the delta).
+
+APRIL and crash recovery: a request the engine aborts leaves the sample PENDING, the turn's ids so far in
+`partial_turn`; a turn whose tools did not finish (the step stopped, a worker died) is kept with `turn_done` and
+its tools run again when it is next played (tools are expected to be pure: the sandbox starts from nothing). The
+conversation (`messages`, `text`) changes only when a turn's reply is complete, so a trajectory is consistent at
+every point it can be interrupted. Playing the same `Trajectory` again (next step) continues it. Wall time counts
+the time a trajectory is played, not time it waits between steps. `TrajectoryGroup` is the buffer's (and a
+checkpoint's) unit: plain data, JSON through rlplat.checkpoint.
 
 Concurrency: every trajectory is its own asyncio task, so one trajectory's tools (sandbox processes, threads,
 coroutines) run while others generate; a turn is one `generate` request of one sample (the engine batches
 concurrent requests). A group stays on one worker (group_id mod workers: its prefix cache).
 
 No Ray here: workers are anything with `async generate(samples, sampling, policy_version)` (the `TurnWorker`
-protocol of rlplat.envs.agent_loop, restated because siblings do not import each other).
+protocol of rlplat.turns).
 """
 
 from __future__ import annotations
@@ -46,22 +53,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rlplat.agents.tool_calls import ParsedTurn, ToolCallParser
 from rlplat.agents.tools import ToolResult, ToolSet
+from rlplat.turns import ModelTurn, Reply, TurnLimits, TurnWorker, play_round
 from rlplat.types import FinishReason, Group, Sample, SamplingOptions
 
 log = logging.getLogger(__name__)
 Message = dict[str, Any]
-
-
-class TurnWorker(Protocol):
-    """Generates one model turn for each sample: extends it in place, with per-token log-probs and version."""
-
-    async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]: ...
+__all__ = ["TurnWorker"]
 
 
 class ChatTokenizer(Protocol):
@@ -94,12 +97,18 @@ class AgentBudget:
         if self.max_wall_s <= 0:
             raise ValueError(f"max_wall_s must be > 0, got {self.max_wall_s}")
 
+    @property
+    def turns(self) -> TurnLimits:
+        """The limits the shared round driver enforces (turns, tokens per turn, response tokens, context)."""
+        return TurnLimits(max_turns=self.max_turns, max_new_tokens_per_turn=self.max_new_tokens_per_turn,
+                          max_response_tokens=self.max_total_tokens, max_context_tokens=self.max_context_tokens)
+
 
 @dataclass(slots=True)
 class Trajectory:
     """One sample's conversation and counters.
 
-    text == decode(prompt + response ids) with special tokens, but for an aborted turn's ids (`partial_turn`).
+    text == decode(prompt + response ids) with special tokens, but for the current turn's ids (`partial_turn`).
     Plain data, so an unfinished trajectory can wait in a buffer (or a checkpoint) and be played on next step.
     """
 
@@ -107,7 +116,8 @@ class Trajectory:
     messages: list[Message]
     text: str
     wall_s: float = 0.0  # seconds spent being played (in `play_one`), over every step that played it
-    partial_turn: list[int] = field(default_factory=list)  # ids of a turn the engine aborted (already in sample)
+    partial_turn: list[int] = field(default_factory=list)  # ids of the current model turn (already in sample)
+    turn_done: bool = False  # the current model turn is complete; its tools have not answered yet
     num_turns: int = 0
     num_tool_calls: int = 0  # calls answered, malformed included
     num_tool_errors: int = 0  # well-formed calls answered with an error (unknown tool, bad arguments, raised, ...)
@@ -120,6 +130,25 @@ class Trajectory:
     def final_answer(self) -> str:
         """The content of the last assistant message ('' before the first turn)."""
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+
+@dataclass(slots=True, kw_only=True)
+class TrajectoryGroup:
+    """The trajectories of one prompt (one GRPO group), finished or not: what the APRIL buffer and a checkpoint
+    hold (rlplat.agents.april)."""
+
+    group_id: int
+    prompt_id: int
+    trajectories: list[Trajectory]
+
+    @property
+    def group(self) -> Group:
+        """The training view: the trajectories' samples (the objects themselves)."""
+        return Group(group_id=self.group_id, prompt_id=self.prompt_id, samples=[t.sample for t in self.trajectories])
+
+    @property
+    def is_complete(self) -> bool:
+        return all(t.sample.is_finished for t in self.trajectories)
 
 
 @dataclass(slots=True)
@@ -147,6 +176,7 @@ class AgentLoop:
         default = set(eos) if isinstance(eos, list | tuple | set) else {eos} if eos is not None else set()
         self.end_token_ids = frozenset(default if end_token_ids is None else end_token_ids)
         self._schemas = tools.schemas() or None  # None: templates then render no tool section at all
+        self._resumed: dict[int, float] = {}  # id(trajectory) -> when this play of it began (wall-time budget)
 
     # ---- one step ------------------------------------------------------------------------------------------
     async def play_groups(
@@ -191,7 +221,7 @@ class AgentLoop:
                                                       tokenize=True, return_dict=False))
         traj = Trajectory(sample=Sample(group_id=group_id, sample_index=sample_index, prompt_id=prompt_id,
                                         prompt_token_ids=ids, answer=answer), messages=conversation, text=text)
-        if self._tokens_left(traj) < 1:
+        if self.budget.turns.tokens_left(traj.sample) < 1:
             raise ValueError(f"prompt {prompt_id} ({len(ids)} tokens with the tools' schemas) leaves no room for a "
                              f"model turn within the context of {self.budget.max_context_tokens} tokens")
         return traj
@@ -209,82 +239,60 @@ class AgentLoop:
         return agent_metrics(trajectories)
 
     # ---- one trajectory ------------------------------------------------------------------------------------
-    async def play_one(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions, version: int) -> None:
-        """Model turn, tools, tool turn, ... until a final answer, a budget, or an aborted request. An aborted
-        trajectory stays PENDING with what it has; playing it again (next step, APRIL) continues the aborted turn.
-        """
+    async def play_one(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions, version: int,
+                       keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Rounds (model turn, tools, tool turn) until a final answer, a budget, an aborted request, or
+        `keep_going()` says stop (checked before each round: APRIL's step is over). An unfinished trajectory
+        stays PENDING with what it has; playing it again (next step) continues it."""
         if traj.sample.is_finished:
             return
-        resumed = time.monotonic()
+        self._resumed[id(traj)] = resumed = time.monotonic()
         try:
-            await self._play(traj, worker, sampling, version, resumed)
+            while keep_going() and await play_round([traj], [worker], self, self.budget.turns, sampling, version):
+                pass
         finally:
             traj.wall_s += time.monotonic() - resumed
+            del self._resumed[id(traj)]
 
-    async def _play(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions, version: int,
-                    resumed: float) -> None:
-        while True:
-            turn = await self._model_turn(traj, worker, sampling, version)
-            if turn is None:  # the engine aborted the request
-                return
-            ids, cut = turn
-            model_text = self._decode(ids)
-            content = self._decode(ids[:-1]) if ids and ids[-1] in self.end_token_ids else model_text
-            traj.messages.append({"role": "assistant", "content": content})
-            parsed = self.parser(content)
-            if not parsed.has_calls:
-                traj.text += model_text
-                return self._finish(traj, FinishReason.LENGTH if cut else FinishReason.STOP)
-            over = self._over_budget_before_tools(traj, parsed, resumed)
-            if over:
-                traj.text += model_text
-                return self._finish(traj, FinishReason.LENGTH, over)
-            results = await self._run_tools(traj, parsed, resumed)
-            if results is None:
-                traj.text += model_text
-                return self._finish(traj, FinishReason.LENGTH, "wall_s")
-            over = self._append_tool_turn(traj, model_text, results, version)
-            if over:
-                return self._finish(traj, FinishReason.STOP if over == "template" else FinishReason.LENGTH,
-                                    "" if over == "template" else over)
+    async def respond(self, trajectories: list[Trajectory], turns: list[ModelTurn]) -> list[Reply]:
+        """The `TurnEnv` of tool trajectories: each turn's calls answered (concurrently over trajectories)."""
+        return list(await asyncio.gather(*(self._respond(t, turn) for t, turn in zip(trajectories, turns,
+                                                                                        strict=True))))
 
-    async def _model_turn(self, traj: Trajectory, worker: TurnWorker, sampling: SamplingOptions,
-                          version: int) -> tuple[list[int], bool] | None:
-        """Generate one turn into the sample (mask 1): (its ids, whether a cap cut it), or None if aborted. A turn
-        aborted earlier (`partial_turn`) continues: its request carries those ids too, and they count in the cap."""
-        s, partial = traj.sample, traj.partial_turn
-        cap = max(min(self.budget.max_new_tokens_per_turn - len(partial), self._tokens_left(traj)), 0)
-        request = Sample(group_id=s.group_id, sample_index=s.sample_index, prompt_id=s.prompt_id,
-                         prompt_token_ids=s.prompt_token_ids + s.response_token_ids)
-        out = await worker.generate([request], replace(sampling, max_new_tokens=cap), version)
-        if len(out) != 1:
-            raise RuntimeError(f"worker returned {len(out)} samples for 1 request")
-        done = out[0]
-        ids = done.response_token_ids[:cap]  # a worker must not exceed the cap; never let it break the budget
-        s.extend(ids, done.logp_behaviour[:len(ids)], done.policy_versions[:len(ids)], FinishReason.PENDING)
-        traj.partial_turn = partial + ids
-        if done.finish_reason is FinishReason.PENDING:
-            return None
-        traj.partial_turn = []
-        traj.num_turns += 1
-        return partial + ids, done.finish_reason is FinishReason.LENGTH
+    async def _respond(self, traj: Trajectory, turn: ModelTurn) -> Reply:
+        """No calls: the final answer. Calls: run them and reply with the template's tool turn, unless a budget
+        forbids it. The conversation changes only after the last await (see the module docstring)."""
+        ids = turn.token_ids
+        model_text = self._decode(ids)
+        ended = bool(ids) and ids[-1] in self.end_token_ids
+        assistant = {"role": "assistant", "content": self._decode(ids[:-1]) if ended else model_text}
+        parsed = self.parser(assistant["content"])
+        if not parsed.has_calls:
+            return self._end(traj, assistant, model_text, FinishReason.STOP if ended else FinishReason.LENGTH)
+        over = self._over_budget_before_tools(traj, parsed, turn.is_last)
+        if over:
+            return self._end(traj, assistant, model_text, FinishReason.LENGTH, over)
+        results = await self._run_tools(traj, parsed)
+        if results is None:
+            return self._end(traj, assistant, model_text, FinishReason.LENGTH, "wall_s")
+        return self._tool_turn(traj, assistant, model_text, results, turn.room)
 
-    def _over_budget_before_tools(self, traj: Trajectory, parsed: ParsedTurn, resumed: float) -> str:
+    def _over_budget_before_tools(self, traj: Trajectory, parsed: ParsedTurn, is_last: bool) -> str:
         """The budget that forbids answering this turn's calls ('' if none): no model turn would follow, the
         calls would exceed the tool-call budget, or the wall time is spent."""
-        if traj.num_turns >= self.budget.max_turns:
+        if is_last:
             return "turns"
         if traj.num_tool_calls + len(parsed.calls) + len(parsed.errors) > self.budget.max_tool_calls:
             return "tool_calls"
-        if self._wall_left(traj, resumed) <= 0:
+        if self._wall_left(traj) <= 0:
             return "wall_s"
         return ""
 
-    async def _run_tools(self, traj: Trajectory, parsed: ParsedTurn, resumed: float) -> list[ToolResult] | None:
+    async def _run_tools(self, traj: Trajectory, parsed: ParsedTurn) -> list[ToolResult] | None:
         """Every call of the turn, concurrently; None when the wall-time budget ran out first."""
         t0 = time.monotonic()
         try:
-            results = await asyncio.wait_for(self.tools.call_all(parsed), timeout=self._wall_left(traj, resumed))
+            results = await asyncio.wait_for(self.tools.call_all(parsed), timeout=self._wall_left(traj))
         except TimeoutError:
             return None
         finally:
@@ -295,33 +303,32 @@ class AgentLoop:
         traj.num_tool_errors += sum(r.is_error and r.call_id not in malformed for r in results)
         return results
 
-    def _append_tool_turn(self, traj: Trajectory, model_text: str, results: list[ToolResult], version: int) -> str:
-        """Append the template's text after the model's turn (mask 0); '' on success, else why not: 'template'
-        (the rendering does not extend what was sampled) or 'tokens' (no room for it and one model token)."""
-        messages = traj.messages + [r.message() for r in results]
+    def _tool_turn(self, traj: Trajectory, assistant: Message, model_text: str, results: list[ToolResult],
+                   room: int) -> Reply:
+        """The template's text after the model's turn as the reply (mask 0), or the end: 'template' (the rendering
+        does not extend what was sampled: stop) or 'tokens' (more than `room` ids: length)."""
+        messages = traj.messages + [assistant] + [r.message() for r in results]
         rendered = self._render(messages)
         before = traj.text + model_text
-        traj.text = before
         if not rendered.startswith(before):
             traj.template_mismatch = True
             log.warning("agent: the chat template's rendering does not extend the sampled text of sample %d/%d; "
                         "ending it. Sampled tail %r, rendered %r", traj.sample.group_id, traj.sample.sample_index,
                         before[-200:], rendered[max(len(before) - 200, 0):len(before) + 200])
-            return "template"
+            return self._end(traj, assistant, model_text, FinishReason.STOP)
         delta = self.tokenizer.encode(rendered[len(before):], add_special_tokens=False)
-        if self._tokens_left(traj) < len(delta) + 1:  # room for the tool turn and one model token
-            return "tokens"
-        s = traj.sample
-        s.response_token_ids.extend(delta)
-        s.logp_behaviour.extend([0.0] * len(delta))
-        s.policy_versions.extend([version] * len(delta))
-        s.loss_mask.extend([0] * len(delta))
+        if len(delta) > room:  # no room for the tool turn and one model token
+            return self._end(traj, assistant, model_text, FinishReason.LENGTH, "tokens")
         traj.messages, traj.text = messages, rendered
-        return ""
+        return Reply(delta)
 
-    def _finish(self, traj: Trajectory, reason: FinishReason, truncated_by: str = "") -> None:
-        traj.sample.finish_reason = reason
+    @staticmethod
+    def _end(traj: Trajectory, assistant: Message, model_text: str, reason: FinishReason,
+             truncated_by: str = "") -> Reply:
+        traj.messages.append(assistant)
+        traj.text += model_text
         traj.truncated_by = truncated_by
+        return Reply.end(reason, truncated_by)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _render(self, messages: list[Message]) -> str:
@@ -331,16 +338,9 @@ class AgentLoop:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _tokens_left(self, traj: Trajectory) -> int:
-        s = traj.sample
-        left = self.budget.max_total_tokens - s.num_response_tokens
-        if self.budget.max_context_tokens is not None:
-            left = min(left, self.budget.max_context_tokens - len(s.prompt_token_ids) - s.num_response_tokens)
-        return left
-
-    def _wall_left(self, traj: Trajectory, resumed: float) -> float:
+    def _wall_left(self, traj: Trajectory) -> float:
         """Seconds left of max_wall_s: time spent in earlier steps plus this one's (not time waiting between)."""
-        return self.budget.max_wall_s - traj.wall_s - (time.monotonic() - resumed)
+        return self.budget.max_wall_s - traj.wall_s - (time.monotonic() - self._resumed[id(traj)])
 
 
 def agent_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:

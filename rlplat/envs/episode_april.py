@@ -36,9 +36,6 @@ its last complete turn (a failed model turn appends nothing), so the caller can 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,8 +56,8 @@ from rlplat.envs.agent_loop import (
 )
 from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import TextEnv
-from rlplat.turns import play_round
-from rlplat.types import Group, SamplingOptions, TokenLedger, count_policy_versions, off_policy_token_fraction
+from rlplat.turns import TurnGroupBuffer, num_groups_to_issue, play_round
+from rlplat.types import Group, SamplingOptions, TokenLedger
 
 
 @dataclass(slots=True, kw_only=True)
@@ -109,14 +106,19 @@ class EpisodeAprilManager:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if over_provision < 1:
             raise ValueError(f"over_provision must be >= 1, got {over_provision}")
-        if max_age_in_versions < 0:
-            raise ValueError(f"max_age_in_versions must be >= 0, got {max_age_in_versions}")
         self.env = env
         self.group_size = group_size
         self.over_provision = over_provision
-        self.max_age_in_versions = max_age_in_versions
-        self.buffer: deque[EpisodeGroup] = deque()
-        self.ledger = TokenLedger()
+        self.pending: TurnGroupBuffer[EpisodeGroup] = TurnGroupBuffer(max_age_in_versions)
+
+    @property
+    def buffer(self) -> deque[EpisodeGroup]:
+        """The buffered groups in serving order (the objects themselves)."""
+        return self.pending.groups
+
+    @property
+    def ledger(self) -> TokenLedger:
+        return self.pending.ledger
 
     def num_groups_to_issue(self, num_groups: int) -> int:
         """N' = ceil(over_provision * N) (never below N)."""
@@ -130,17 +132,13 @@ class EpisodeAprilManager:
     # ----------------------------------------------------------------------------------------------- checkpoint
     def state(self) -> list[EpisodeGroup]:
         """The buffer (deep copy, serving order): what a checkpoint stores. Plain data (see module docstring)."""
-        return copy.deepcopy(list(self.buffer))
+        return self.pending.state()
 
     def load_state(self, groups: list[EpisodeGroup], ledger: TokenLedger | None = None) -> None:
         """Restore the buffer from `state()`. Without a saved `ledger`, its tokens count as generated and buffered."""
         for g in groups:
             g.validate()
-        self.buffer = deque(copy.deepcopy(groups))
-        tokens = self._buffered_tokens()
-        self.ledger = (TokenLedger(generated=tokens, buffered=tokens) if ledger is None
-                       else dataclasses.replace(ledger, buffered=tokens))
-        self.ledger.check()
+        self.pending.load_state(groups, ledger)
 
     def close(self) -> None:
         self.env.close()
@@ -163,51 +161,28 @@ class EpisodeAprilManager:
             raise ValueError(f"env has {self.env.num_envs} envs; {n_issue} groups x {self.group_size} episodes need "
                              f"{n_issue * self.group_size}")
         clock, codec = Clock(), MemoCodec(codec)
-        dropped = self._drop_stale(policy_version)
-        taken = [self.buffer.popleft() for _ in range(min(n_issue, len(self.buffer)))]
-        complete = [g for g in taken if g.is_complete]
-        running = [g for g in taken if not g.is_complete]
-        from_buffer = {id(g) for g in taken}
-        num_fresh = n_issue - len(taken) if len(complete) < num_groups else 0
-        tokens_before = sum(g.num_response_tokens for g in taken)
+        step = self.pending.begin(n_issue, policy_version)
+        num_fresh = n_issue - len(step.taken) if len(step.complete) < num_groups else 0
         turns = replay_steps = 0
         try:
-            if len(complete) < num_groups:
-                running, replay_steps = self._start(running, codec, fmt, budget, num_fresh, first_seed,
-                                                    first_group_id, clock)
-                turns = await self._play(running, complete, num_groups, workers, codec, budget, fmt, sampling,
-                                         policy_version, clock)
+            if len(step.complete) < num_groups:
+                step.running, replay_steps = self._start(step.running, codec, fmt, budget, num_fresh, first_seed,
+                                                         first_group_id, clock)
+                turns = await self._play(step.running, step.complete, num_groups, workers, codec, budget, fmt,
+                                         sampling, policy_version, clock)
         except BaseException:
-            self.buffer.extendleft(reversed(complete + running))  # as they stand: the caller may retry the step
-            self.ledger.generated += sum(g.num_response_tokens for g in complete + running) - tokens_before
-            self.ledger.buffered = self._buffered_tokens()
+            self.pending.abandon(step)  # as they stand: the caller may retry the step
             raise
-        self.ledger.generated += sum(g.num_response_tokens for g in complete + running) - tokens_before
-        batch, extra = complete[:num_groups], complete[num_groups:]
-        self._requeue(extra, running, from_buffer)
-        self.ledger.trained += sum(g.num_response_tokens for g in batch)
-        self.ledger.buffered = self._buffered_tokens()
-        self.ledger.check()
+        batch, extra = self.pending.finish(step, num_groups)
         groups = [g.group for g in batch]
         episodes = [ep for g in batch for ep in g.episodes]
         for ep in episodes:
             ep.sample.validate()
-        stats = {"april/num_groups_from_buffer": float(len(taken)), "april/num_groups_fresh": float(num_fresh),
-                 "april/num_groups_issued": float(len(taken) + num_fresh), "april/num_groups_dropped": float(dropped),
-                 "april/num_groups_interrupted": float(len(running)),
-                 "april/num_groups_extra_complete": float(len(extra)), "april/groups_buffered": float(len(self.buffer)),
-                 "april/episodes_buffered": float(self.num_episodes_buffered), "april/num_turns": float(turns),
-                 "april/env_replay_steps": float(replay_steps),
-                 "april/num_samples_multi_version": float(count_policy_versions(groups)),
-                 "rollout/off_policy_token_fraction": off_policy_token_fraction(groups, policy_version)}
-        metrics = episode_metrics(episodes) | {"time/env_s": clock.s} | stats | self.ledger.as_metrics()
+        stats = {"april/episodes_buffered": float(self.num_episodes_buffered), "april/num_turns": float(turns),
+                 "april/env_replay_steps": float(replay_steps)}
+        metrics = episode_metrics(episodes) | {"time/env_s": clock.s} | stats | \
+            self.pending.metrics(step, num_fresh, extra, policy_version, groups)
         return EpisodeBatch(groups=groups, episodes=episodes, metrics=metrics)
-
-    def _requeue(self, extra: list[EpisodeGroup], interrupted: list[EpisodeGroup], from_buffer: set[int]) -> None:
-        """Complete extras to the front, then interrupted groups that came from the buffer (FIFO order kept);
-        interrupted fresh groups to the back."""
-        self.buffer.extendleft(reversed(extra + [g for g in interrupted if id(g) in from_buffer]))
-        self.buffer.extend(g for g in interrupted if id(g) not in from_buffer)
 
     def _start(self, running: list[EpisodeGroup], codec: Codec, fmt: EpisodeFormat, budget: EpisodeBudget,
                num_fresh: int, first_seed: int, first_group_id: int,
@@ -251,22 +226,6 @@ class EpisodeAprilManager:
             running[:] = [g for g in running if not g.is_complete]
         return turns
 
-    def _drop_stale(self, policy_version: int) -> int:
-        if self.max_age_in_versions == 0:
-            return 0
-        min_version = policy_version - self.max_age_in_versions
-        keep, dropped = deque(), []
-        for g in self.buffer:
-            oldest = g.oldest_policy_version
-            (dropped if oldest is not None and oldest < min_version else keep).append(g)
-        self.buffer = keep
-        self.ledger.dropped += sum(g.num_response_tokens for g in dropped)
-        self.ledger.buffered = self._buffered_tokens()
-        return len(dropped)
-
-    def _buffered_tokens(self) -> int:
-        return sum(g.num_response_tokens for g in self.buffer)
-
 
 def replay(env: TextEnv, episodes: Sequence[Episode]) -> int:
     """Play each episode's recorded actions again in its env (`ep.env_id`, just reset to `ep.seed`), all episodes
@@ -294,10 +253,6 @@ def replay(env: TextEnv, episodes: Sequence[Episode]) -> int:
                                "the env is not deterministic given its seed and actions")
     return steps
 
-
-def num_groups_to_issue(num_groups: int, over_provision: float) -> int:
-    """N' = ceil(over_provision * N), never below N (as `AprilManager.num_groups_to_issue`)."""
-    return max(num_groups, math.ceil(over_provision * num_groups - 1e-9))
 
 
 def make_episode_april(env_cfg: EnvConfig, partial: PartialRolloutConfig, *, num_groups_per_step: int,

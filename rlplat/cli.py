@@ -131,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command")
     for name, what in (("countdown", "TinyZero countdown: reach a target with the given numbers (nums, target)"),
                        ("arithmetic", "GSM8K-like word problems (question, answer ending in '#### N')"),
-                       ("digits", "the built-in digit tasks (prompt, answer)")):
+                       ("digits", "the built-in digit tasks (prompt, answer)"),
+                       ("tools", "large-number arithmetic for the calculator tool (prompt, answer, expression); "
+                                 "--sft adds tool-call traces, and corpus.txt for `rlplat model tiny --corpus`")):
         g = dsub.add_parser(name, help=what, description=f"Write {what}.")
         g.add_argument("out_dir", metavar="OUT", help="directory to write train.<fmt> and test.<fmt> into")
         g.add_argument("--n", type=int, default=1000, help="train rows (default: %(default)s)")
@@ -142,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--sft", action="store_true",
                        help="add a `messages` column: the prompt and the correct answer as a chat conversation "
                             "(sft.train_files for `rlplat sft`)")
+        if name == "tools":
+            g.add_argument("--tool", choices=("calculator", "python"), default="calculator",
+                           help="the tool the --sft traces call, and whose schema they show (default: %(default)s)")
         if name == "digits":
             g.add_argument("--task", choices=("copy", "reverse", "add"), default="copy",
                            help="digit task (default: %(default)s)")
@@ -315,6 +320,8 @@ def _data(args: argparse.Namespace) -> int:
             splits = {name: generators.records_from_problems(make_split(
                 args.task, num_digits=args.num_digits, num_prompts=num, seed=args.seed, split=split)) if num else []
                 for name, split, num in (("train", "train", args.n), ("test", "eval", args.n_test))}
+        elif args.data_command == "tools":
+            return _data_tools(args)
         else:
             make = {"countdown": generators.countdown_splits, "arithmetic": generators.arithmetic_splits}
             splits = make[args.data_command](num_train=args.n, num_test=args.n_test, seed=args.seed)
@@ -327,6 +334,26 @@ def _data(args: argparse.Namespace) -> int:
         return _bad_input(e)
     for path, name in zip(paths, [k for k, v in splits.items() if v], strict=True):
         print(f"wrote {len(splits[name])} rows to {path}")
+    return 0
+
+
+def _data_tools(args: argparse.Namespace) -> int:
+    """`rlplat data tools`: rlplat.data.tool_tasks with the schema of --tool; also writes OUT/corpus.txt."""
+    from rlplat.agents.tools import calculator_tool, python_tool
+    from rlplat.data import generators, tool_tasks
+
+    schemas = [(calculator_tool() if args.tool == "calculator" else python_tool()).schema()]
+    try:
+        splits = tool_tasks.tool_splits(num_train=args.n, num_test=args.n_test, seed=args.seed, schemas=schemas,
+                                        sft=args.sft, tool=args.tool)
+        paths = generators.write_splits(args.out_dir, splits, fmt=args.format)
+    except ValueError as e:
+        return _bad_input(e)
+    corpus = Path(args.out_dir) / "corpus.txt"
+    corpus.write_text("\n".join(tool_tasks.corpus_lines(splits["train"], schemas, args.tool)) + "\n", encoding="utf-8")
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"wrote {corpus} (BPE text for `rlplat model tiny --tokenizer bpe --corpus {corpus}`)")
     return 0
 
 

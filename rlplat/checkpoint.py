@@ -62,7 +62,7 @@ STEP_DIR = re.compile(r"step_(\d+)")
 RESUMABLE_KEYS = ("experiment.num_steps", "experiment.output_dir", "checkpoint.", "tracking.log_samples_every_steps",
                   "cluster.")
 # Modules whose dataclasses and enums a driver state may contain; nothing else is ever constructed when loading.
-RECORD_MODULES = ("rlplat.types", "rlplat.envs.agent_loop", "rlplat.envs.episode_april")
+RECORD_MODULES = ("rlplat.types", "rlplat.envs.agent_loop", "rlplat.envs.episode_april", "rlplat.agents.loop")
 _SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
@@ -370,7 +370,8 @@ def check_fresh_start(root: Path) -> None:
     found = checkpoints(root)
     if found:
         raise ValueError(f"output dir {root.parent} holds checkpoints up to step {found[-1][0]} of an earlier run; "
-                         f"pass --resume to continue it or choose another experiment.name / output dir")
+                         f"pass --resume to continue it, --start-over to move them aside, or choose another experiment.name "
+                         f"/ output dir")
 
 
 def move_aside(root: Path) -> Path | None:

@@ -197,19 +197,28 @@ class AgentLoop:
         samples carry answers[k]. `sampling.max_new_tokens` is ignored (the budget caps each turn). Returns the
         groups (every sample validated) and the step's metrics.
         """
+        groups = self.start_groups(prompts, num_samples_per_prompt=num_samples_per_prompt,
+                                   first_group_id=first_group_id, prompt_ids=prompt_ids, answers=answers)
+        trajectories = [t for g in groups for t in g.trajectories]
+        metrics = await self.play(trajectories, workers, sampling, policy_version)
+        return AgentBatch(groups=[g.group for g in groups], trajectories=trajectories, metrics=metrics)
+
+    def start_groups(self, prompts: Sequence[Sequence[Message]], *, num_samples_per_prompt: int, first_group_id: int,
+                     prompt_ids: Sequence[int] | None = None,
+                     answers: Sequence[str] | None = None) -> list[TrajectoryGroup]:
+        """New trajectories: group k holds `num_samples_per_prompt` of prompt k, id first_group_id + k, prompt_id
+        prompt_ids[k] (default k); its samples carry answers[k]."""
         if prompt_ids is not None and len(prompt_ids) != len(prompts):
             raise ValueError(f"{len(prompt_ids)} prompt ids for {len(prompts)} prompts")
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
-        groups = [[self.start(p, group_id=first_group_id + k, sample_index=i,
-                              prompt_id=k if prompt_ids is None else int(prompt_ids[k]),
-                              answer="" if answers is None else answers[k])
-                   for i in range(num_samples_per_prompt)] for k, p in enumerate(prompts)]
-        trajectories = [t for g in groups for t in g]
-        metrics = await self.play(trajectories, workers, sampling, policy_version)
-        return AgentBatch(groups=[Group(group_id=g[0].sample.group_id, prompt_id=g[0].sample.prompt_id,
-                                        samples=[t.sample for t in g]) for g in groups if g],
-                          trajectories=trajectories, metrics=metrics)
+        groups = []
+        for k, p in enumerate(prompts):
+            prompt_id = k if prompt_ids is None else int(prompt_ids[k])
+            groups.append(TrajectoryGroup(group_id=first_group_id + k, prompt_id=prompt_id, trajectories=[
+                self.start(p, group_id=first_group_id + k, sample_index=i, prompt_id=prompt_id,
+                           answer="" if answers is None else answers[k]) for i in range(num_samples_per_prompt)]))
+        return groups
 
     def start(self, messages: Sequence[Message], *, group_id: int, sample_index: int, prompt_id: int,
               answer: str = "") -> Trajectory:

@@ -1,8 +1,11 @@
-"""Stop at step 2, resume to step 4: same MLflow run, continuous steps, same data order, nothing twice."""
+"""Stop at step 2, resume to step 4: same MLflow run, continuous steps, same data order, nothing twice, the resume
+marked; a damaged newest checkpoint falls back to the one before it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from rlplat.config import ConfigError, load_config
 from rlplat.data.datasets import EpochCursor
 from rlplat.driver import loop, run_state
+from rlplat.tracking import RESUMED_METRIC, RESUMED_TAG
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
@@ -23,9 +27,13 @@ def _cfg(model: Path, out: Path, steps: int, *extra: str):
     return load_config(ROOT / "configs/smoke/grpo.yaml", [*overrides, *extra])
 
 
-def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
-    first = loop.train(_cfg(tiny_model_dir, tmp_path, 2), progress=False)
-    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000002"
+def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, tmp_path: Path, caplog) -> None:
+    """The first run ends at step 3, but its step-3 checkpoint is removed: as if killed after logging step 3, before
+    saving it. Resumed from step 2: step 3 is logged once (the killed run's rows are dropped), the resume is marked,
+    the data order is that of an uninterrupted run. Then, on the same files: a truncated newest checkpoint falls
+    back to the one before it."""
+    first = loop.train(_cfg(tiny_model_dir, tmp_path, 3), progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000003")
     cfg = _cfg(tiny_model_dir, tmp_path, 4)
     second = loop.train(cfg, progress=False, resume=True)
 
@@ -33,13 +41,27 @@ def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, 
     client = MlflowClient(second.tracking_uri)
     versions = [(m.step, m.value) for m in client.get_metric_history(second.run_id, "train/policy_version")]
     assert versions == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    run = client.get_run(second.run_id)
+    for key in run.data.metrics:  # every step once, eval and the last step's checks included
+        steps = [m.step for m in client.get_metric_history(second.run_id, key)]
+        assert key.startswith("system/") or len(steps) == len(set(steps)), f"{key}: steps {steps}"
+    assert run.data.tags[RESUMED_TAG] == "2"
+    assert [(m.step, m.value) for m in client.get_metric_history(second.run_id, RESUMED_METRIC)] == [(3, 2.0)]
 
-    trained = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
-    assert [t["step"] for t in trained] == [1, 2, 3, 4]
+    lines = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
+    assert [t.get("step", f"resumed from {t.get('resumed_from_step')}") for t in lines] == [1, 2, "resumed from 2", 3, 4]
+    trained = [t for t in lines if "step" in t]
     d = cfg.data
     cursor = EpochCursor(d.num_train_prompts, seed=d.seed, shuffle=d.shuffle)  # the run's prompt order, from step 1
     expected = [cursor.take(cfg.rollout.num_prompts_per_step) for _ in range(4)]
     assert [t["prompt_ids"] for t in trained] == expected  # same order as an uninterrupted run, none twice
+
+    newest = tmp_path / "checkpoints" / "step_000004" / "learner" / "learner_state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="rlplat"):
+        path, state = run_state.find_checkpoint(cfg, required=True)
+    assert path.name == "step_000002" and state.step == 2
+    assert "step_000004" in caplog.text and "step_000002" in caplog.text
 
 
 def test_resume_with_nonempty_store_and_partial_buffer(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ class PlacementConfig:
     colocate: bool = False
     reward_actor: bool = False  # score rewards in a Ray actor (on GPU: with a GPU of its own) instead of the driver
     weight_sync: Literal["auto", "bytes", "broadcast", "ipc"] = "auto"
+    # Ray placement-group strategy of the GPU bundles: pack (fill one node first) or spread (one bundle per node
+    # where possible). An engine's tensor-parallel bundles always stay on one node.
+    strategy: Literal["pack", "spread"] = "pack"
     placement_timeout_s: float = 120.0  # how long to wait for Ray to reserve the GPUs before failing with the numbers
 
     def __post_init__(self) -> None:

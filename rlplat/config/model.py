@@ -57,9 +57,26 @@ class LearnerConfig:
     # Fused head: recompute each chunk's logits in the backward (memory O(chunk x vocabulary)). false: keep them from
     # the forward in the head's dtype, one head matmul less per step for O(micro-batch tokens x vocabulary) memory.
     head_recompute: bool = True
+    # Learner processes (Ray actors) forming one torch.distributed group (NCCL on GPU, gloo on CPU). With more than
+    # one the policy, critic and KL reference are sharded with FSDP2 and a step's samples are split by tokens.
+    num_ranks: int = 1
+    fsdp: bool = False  # shard with FSDP2 even with num_ranks: 1 (always on with more ranks)
+    fsdp_cpu_offload: bool = False  # FSDP2 keeps shards, gradients and the optimizer step in CPU memory (GPU only)
+    # Weight sync from shards: parameters are gathered into buckets of at most this many MiB (a larger tensor is a
+    # bucket of its own); rank 0 sends one bucket at a time.
+    sync_bucket_mb: int = 256
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2: more than one rank, or asked for with one."""
+        return self.fsdp or self.num_ranks > 1
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr must be > 0")
+        check(self.num_ranks >= 1, "num_ranks must be >= 1")
+        check(self.sync_bucket_mb >= 1, "sync_bucket_mb must be >= 1")
+        check(not (self.sharded and self.compile), "compile is not supported with FSDP (num_ranks > 1 or fsdp: "
+              "true) yet; set compile: false")
         check(self.head_chunk_tokens >= 0, "head_chunk_tokens must be >= 0 (0: the plain full-logits head)")
         check(self.grad_clip_norm > 0, "grad_clip_norm must be > 0")
         check(self.warmup_steps >= 0, "warmup_steps must be >= 0")

@@ -42,11 +42,13 @@ class RolloutConfig:
     reproducible_sampling: bool = False
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
+    # GPUs per engine: vLLM's own tensor parallelism (its workers in one set of placement bundles on one node).
+    tensor_parallel_size: int = 1
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
     def __post_init__(self) -> None:
         for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers", "max_num_seqs",
-                     "stream_interval"):
+                     "stream_interval", "tensor_parallel_size"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1")
         check(self.temperature > 0, "temperature must be > 0")
         check(0 < self.top_p <= 1, "top_p must be in (0, 1]")

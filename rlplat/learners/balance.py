@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from rlplat.types import TrainBatch
+
 GLOBAL_COUNT_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
                       "prompt-level")
 
@@ -121,3 +123,18 @@ def global_agg_count(mode: str, local_counts: Sequence[float]) -> float:
         raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {GLOBAL_COUNT_MODES}")
     total = float(sum(local_counts))
     return total if mode == "seq-mean-token-sum-norm" else max(1.0, total)
+
+
+def split_batch(batch: TrainBatch, num_ranks: int) -> tuple[list[TrainBatch], list[int]]:
+    """A step's TrainBatch as one part per learner rank, balanced by tokens (prompt + response: what a forward pays
+    for) with `balance_samples`, samples kept in batch order within a part; and the tokens per part.
+
+    A part may be empty (fewer samples than ranks): that rank runs zero-weight passes. Advantages travel with their
+    samples (None stays None: the critic computes them).
+    """
+    lengths = [len(s.prompt_token_ids) + s.num_response_tokens for s in batch.samples]
+    split = balance_samples(lengths, num_ranks)
+    adv = batch.advantages
+    parts = [TrainBatch(samples=[batch.samples[i] for i in idx],
+                        advantages=None if adv is None else [adv[i] for i in idx]) for idx in split]
+    return parts, rank_loads(lengths, split)

@@ -17,8 +17,10 @@ All functions that touch DTensors are collectives: every rank of the mesh must c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor
 
 from rlplat.learners.lora import is_peft_model
+
+T = TypeVar("T")
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -211,3 +215,27 @@ def _emit(bucket: list[tuple[str, Tensor]], size: int, stats: GatherStats) -> It
     stats.total_bytes += size
     stats.peak_bytes = max(stats.peak_bytes, size)
     yield bucket
+
+
+def full_weight_shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
+    """(name, full shape) of every entry `iter_full_weights` yields, in the same order, without gathering anything
+    (a DTensor knows its global shape): what a receiver allocates before a bucketed broadcast. Not a collective."""
+    return [(name, list(value.shape)) for name, value, _, _ in _base_entries(model)]
+
+
+def enable_root_calls(model: nn.Module) -> None:
+    """Let `root_call(model, fn)` run `fn` under the root FSDP unit's forward hooks (its parameters gathered, the
+    backward reduce-scatter registered), as for `model(...)`. The learner calls the decoder and the LM head itself
+    (the fused head reads `lm_head.weight`), which bypasses the root's `forward`; FSDP2's
+    `register_fsdp_forward_method` is torch's way to hook another method."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    model.rlplat_root_call = types.MethodType(lambda self, fn: fn(), model)  # type: ignore[assignment]
+    register_fsdp_forward_method(model, "rlplat_root_call")
+
+
+def root_call(model: nn.Module, fn: Callable[[], T]) -> T:
+    """fn() with the root unit's parameters gathered (a model without FSDP: just fn()). fn takes no arguments so
+    no float tensor of ours passes FSDP's input casting."""
+    call = getattr(model, "rlplat_root_call", None)
+    return fn() if call is None else call(fn)

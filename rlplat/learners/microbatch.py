@@ -122,3 +122,13 @@ def _collate(samples: list[Sample], adv: list[float] | None, index: list[int]) -
         if trained and s.reward is not None:
             reward_tok[r, p - 1 + trained[-1]] = s.reward
     return MicroBatch(ids, mask, adv_t, lpb, versions, reward_tok, torch.tensor(index))
+
+
+def blank_micro_batch(length: int = 2) -> MicroBatch:
+    """One row of `length` pad tokens with every mask, advantage and reward 0: a zero-weight forward/backward.
+
+    FSDP ranks must run the same number of passes (each is a chain of collectives); a rank with fewer micro-batches
+    (or none) runs blanks for the rest, which add exactly 0 to every loss, count and summed metric."""
+    zeros = torch.zeros(1, length - 1)
+    return MicroBatch(torch.zeros(1, length, dtype=torch.long), zeros, zeros.clone(), zeros.clone(),
+                      torch.full((1, length - 1), -1, dtype=torch.long), zeros.clone(), torch.tensor([-1]))

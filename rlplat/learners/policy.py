@@ -19,6 +19,12 @@ token never attends to the padding after it, and SDPA can take its fused causal 
 
 Reference policies hold no second model: a frozen policy is a snapshot of the trainable tensors, swapped into
 the live parameters for a no-grad forward (`swapped`); with LoRA the reference is the adapter-disabled base.
+
+FSDP2 (`ranks.sharded`, `rlplat.learners.sharded`): the policy, the critic and a full-weight KL reference (a second,
+frozen model) are sharded per decoder layer. Each rank trains on its part of the step's samples; every rank runs the
+same number of micro-batches (blanks pad the short ones), loss denominators and metrics are summed over the ranks
+(`rlplat.learners.ranks`), gradients are summed by FSDP and clipped by their global norm. With `Ranks()` every
+reduction is the identity: the one-process learner is unchanged.
 """
 
 from __future__ import annotations
@@ -38,17 +44,20 @@ from rlplat.algos.kl import kl_estimate
 from rlplat.algos.losses import (
     POLICY_LOSS_FNS,
     aggregate,
-    aggregate_count,
     entropy_from_logits,
     logp_from_logits,
     truncated_is_weights,
 )
 from rlplat.algos.remix import kl_convex_lambda, kl_convex_penalty, mix_ppo_clip_loss, updates_per_batch
 from rlplat.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlplat.learners import sharded as fsdp_learner
 from rlplat.learners.critic import Critic
-from rlplat.learners.fused_head import DEFAULT_CHUNK_TOKENS, fused_linear_logp
+from rlplat.learners.fsdp import GatherStats, clip_grad_norm, root_call
+from rlplat.learners.fused_head import fused_linear_logp
 from rlplat.learners.lora import apply_lora, is_peft_model, merged_state_dict
 from rlplat.learners.microbatch import MicroBatch, make_micro_batches, split_minibatches
+from rlplat.learners.ranks import ONE_PROCESS, Ranks, pad_rounds
+from rlplat.learners.token_stats import masked_entropy, stale_token_mask, token_metrics
 from rlplat.types import TrainBatch
 from rlplat.weights import state_dict_to_bytes, to_engine_layout, weights_checksum
 
@@ -56,7 +65,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 BASE: Literal["base"] = "base"  # a frozen policy: the LoRA model with its adapters disabled
 Snapshot = dict[str, Tensor]  # a frozen policy: detached copies of the trainable parameters, by name
-FrozenPolicy = Snapshot | Literal["base"]
+FrozenPolicy = Snapshot | Literal["base"] | torch.nn.Module  # a module: a frozen sharded model (FSDP)
 
 
 @dataclass(slots=True)
@@ -86,15 +95,18 @@ class Prepared:
 class PolicyLearner:
     def __init__(
         self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, *, dtype: str, seed: int,
-        lora: LoraConfig | None = None, head_chunk_tokens: int | None = None,
+        lora: LoraConfig | None = None, head_chunk_tokens: int | None = None, ranks: Ranks = ONE_PROCESS,
     ) -> None:
         """head_chunk_tokens (default: learner.head_chunk_tokens): token chunk of the fused LM head; 0 takes the plain
         path (full logits, then the log-softmax), which is also used when the output embedding is not a plain
-        nn.Linear (e.g. LoRA on lm_head)."""
+        nn.Linear (e.g. LoRA on lm_head). ranks: this process in the learner group (sharded: FSDP2; the group must
+        be up when world_size > 1)."""
         from transformers import AutoModelForCausalLM
 
-        seed_everything(seed)
-        self.cfg, self.algo = cfg, algo
+        if ranks.sharded and algo.remix.enabled:
+            raise ValueError("algorithm.remix is not supported with FSDP (learner.num_ranks > 1 or learner.fsdp) yet")
+        seed_everything(seed)  # the same seed on every rank: LoRA's initialisation must agree before sharding
+        self.cfg, self.algo, self.ranks = cfg, algo, ranks
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.amp_dtype = None if dtype == "float32" else _DTYPES[dtype]
         if cfg.attn_implementation == "flex_attention" and self.device.type != "cuda":
@@ -108,6 +120,9 @@ class PolicyLearner:
             model = apply_lora(model, lora)
         self._dropout = lora is not None and lora.dropout > 0
         self.model = model.to(self.device).train()
+        fsdp_kw = {"compute_dtype": self.amp_dtype or torch.float32, "cpu_offload": cfg.fsdp_cpu_offload}
+        if ranks.sharded:
+            self.model = fsdp_learner.shard(self.model, **fsdp_kw)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         decoder = self.model.get_decoder()
         self._decoder = torch.compile(decoder) if cfg.compile else decoder
@@ -126,10 +141,14 @@ class PolicyLearner:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.critic = None if algo.gae is None else Critic(
-            model_path, algo.gae, cfg, device=self.device, autocast=self._autocast)
+            model_path, algo.gae, cfg, device=self.device, autocast=self._autocast, ranks=ranks)
         self.ref: FrozenPolicy | None = None
-        if _needs_reference(algo):
-            self.ref = BASE if is_peft_model(self.model) else snapshot(self.params)
+        if _needs_reference(algo) and is_peft_model(self.model):
+            self.ref = BASE
+        elif _needs_reference(algo):
+            self.ref = fsdp_learner.frozen_reference(model_path, attn_implementation=cfg.attn_implementation,
+                                                     device=self.device, **fsdp_kw) if ranks.sharded \
+                else snapshot(self.params)
         self.prev: Snapshot | None = snapshot(self.params) if _kl_convex_on(algo) else None
         self._policy_loss = self._mix_policy_loss if algo.remix.enabled else self._plain_policy_loss
         self.policy_version = 0
@@ -147,6 +166,7 @@ class PolicyLearner:
                                self.cfg.micro_batch_size_in_tokens, idx)
             for idx in split_minibatches(batch.samples, self.num_updates(step))
         ]
+        minibatches = pad_rounds(minibatches, self.ranks)  # FSDP: every rank runs as many passes
         flat = [mb.to(self.device) for mbs in minibatches for mb in mbs]
         preps, metrics = self.prepare(flat, recompute_old=not self.single_pass)
         per_update: list[dict[str, float]] = []
@@ -160,7 +180,7 @@ class PolicyLearner:
             per_update.append(m)
         self.policy_version += 1
         self._maybe_reincarnate(step)
-        metrics |= token_metrics(preps, tis=self.algo.off_policy == "tis")
+        metrics |= token_metrics(preps, tis=self.algo.off_policy == "tis", ranks=self.ranks)
         metrics |= {k: float(np.mean([m[k] for m in per_update if k in m])) for k in per_update[0]}
         metrics["train/policy_version"] = float(self.policy_version)
         metrics["train/num_updates"] = float(len(per_update))
@@ -224,10 +244,11 @@ class PolicyLearner:
 
     def _update(self, preps: list[Prepared], step: int) -> dict[str, float]:
         algo = self.algo
-        count = aggregate_count(algo.loss_agg, [p.mask for p in preps])
-        norm_len = max(p.mask.shape[1] for p in preps)
+        count = self.ranks.agg_count(algo.loss_agg, [p.mask for p in preps])
+        norm_len = self.ranks.max(max(p.mask.shape[1] for p in preps))
         token_counts = [float(p.mask.sum()) for p in preps]  # host syncs here, before any kernel is queued
-        weights = [c / max(1.0, sum(token_counts)) for c in token_counts]
+        total = self.ranks.sum(sum(token_counts))
+        weights = [c / max(1.0, total) for c in token_counts]
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}  # device scalars: no host sync inside the micro-batch loop
         for p, weight in zip(preps, weights, strict=True):
@@ -246,14 +267,14 @@ class PolicyLearner:
             if "centre_mean" in m:
                 _add(sums, "remix/clip_centre_mean", weight * m["centre_mean"])
             del logp, loss, kl
-        out = {k: float(v) for k, v in sums.items()} | self.optimizer_step()
+        out = self.ranks.sum_each({k: float(v) for k, v in sums.items()}) | self.optimizer_step()
         if self.prev is not None:
             out["remix/kl_convex_lambda"] = self.kl_convex_lambda(step)
         return out
 
     def optimizer_step(self) -> dict[str, float]:
         """Clip the accumulated gradients, take the AdamW step and advance the LR schedule (the SFT learner too)."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip_norm)
+        grad_norm = clip_grad_norm(self.params.values(), self.cfg.grad_clip_norm)  # global over FSDP shards
         self.optimizer.step()
         self.scheduler.step()
         return {"train/grad_norm": float(grad_norm), "train/lr": float(self.scheduler.get_last_lr()[0])}
@@ -309,10 +330,11 @@ class PolicyLearner:
         with self._autocast():
             return (decoder or self._decoder)(input_ids=input_ids).last_hidden_state[:, :-1]
 
-    def _logits(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None) -> Tensor:
+    def _logits(self, input_ids: Tensor, decoder: Callable[..., Any] | None = None,
+                model: torch.nn.Module | None = None) -> Tensor:
         """[b, L-1, V] logits (the plain path): the LM head in fp32 on the fp32 master weights (`fp32_lm_head`) or in
-        the autocast dtype. Consumers take the log-softmax in fp32."""
-        head = self.model.get_output_embeddings()
+        the autocast dtype. Consumers take the log-softmax in fp32. `model`: whose head (default the policy)."""
+        head = (model or self.model).get_output_embeddings()
         hidden = self._hidden(input_ids, decoder)
         if not self.cfg.fp32_lm_head:
             with self._autocast():
@@ -321,17 +343,25 @@ class PolicyLearner:
         return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
     def _logp_entropy(
-        self, mb: MicroBatch, *, entropy_mask: Tensor | None = None, decoder: Callable[..., Any] | None = None
+        self, mb: MicroBatch, *, entropy_mask: Tensor | None = None, decoder: Callable[..., Any] | None = None,
+        model: torch.nn.Module | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """[b, L-1] f32 log-probs of mb's targets (differentiable under grad) and, given a mask, the token-mean
-        entropy over it (0-dim, no grad). `decoder` None: the (compiled) live decoder."""
+        entropy over it (0-dim, no grad). `decoder` None: the (compiled) live decoder. `model`: a frozen sharded
+        reference instead of the policy. Runs under the model's root FSDP unit when sharded."""
+        model = model or self.model
+        return root_call(model, lambda: self._logp_entropy_local(mb, entropy_mask, decoder, model))
+
+    def _logp_entropy_local(
+        self, mb: MicroBatch, entropy_mask: Tensor | None, decoder: Callable[..., Any] | None, model: torch.nn.Module
+    ) -> tuple[Tensor, Tensor | None]:
         if self.head_chunk_tokens <= 0:
-            logits = self._logits(mb.input_ids, decoder)
+            logits = self._logits(mb.input_ids, decoder, model)
             logp = (self._logp_fn if decoder is None else logp_from_logits)(logits, mb.targets)
             if entropy_mask is None:
                 return logp, None
             return logp, masked_entropy(logits.detach(), entropy_mask, fn=self._entropy_fn)
-        head = self.model.get_output_embeddings()
+        head = model.get_output_embeddings()
         logp, entropy = fused_linear_logp(
             self._hidden(mb.input_ids, decoder), head.weight, mb.targets, head.bias, chunk_size=self.head_chunk_tokens,
             compute_dtype=self._head_dtype, with_entropy=entropy_mask is not None, compile=self.cfg.compile,
@@ -348,22 +378,47 @@ class PolicyLearner:
         """No-grad log-probs of mb's tokens under the live weights, or under a frozen policy."""
         if policy is None:
             return self._logp_entropy(mb)[0]
+        if isinstance(policy, torch.nn.Module):  # FSDP: a frozen sharded model of its own
+            return self._logp_entropy(mb, decoder=policy.get_decoder(), model=policy)[0]  # type: ignore[operator]
         ctx = self.model.disable_adapter() if policy == BASE else swapped(self.params, policy)  # type: ignore[operator]
         with ctx:  # eager decoder: swapped tensors must not meet a compiled graph's guards
             return self._logp_entropy(mb, decoder=self.model.get_decoder())[0]
 
     # ---------------------------------------------------------------------------------------------------- weights
+    @property
+    def _engine_dtype(self) -> torch.dtype:
+        return self.amp_dtype or torch.float32
+
+    @property
+    def _tied(self) -> bool:
+        return bool(getattr(self.model.config, "tie_word_embeddings", False))
+
     def engine_state_dict(self) -> dict[str, Tensor]:
         """Weights for a rollout engine: base-model names, LoRA merged, tied `lm_head.weight` dropped (vLLM ties it
-        itself), in the engine's dtype."""
+        itself), in the engine's dtype. FSDP: gathered from the shards (a collective; every rank gets all)."""
+        if self.ranks.sharded:
+            return {k: v for bucket in self.engine_buckets() for k, v in bucket}
         sd = merged_state_dict(self.model) if is_peft_model(self.model) else self.model.state_dict()
-        if getattr(self.model.config, "tie_word_embeddings", False):
+        if self._tied:
             sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-        dtype = self.amp_dtype or torch.float32
-        return {k: v.detach().to(dtype) for k, v in sd.items()}
+        return {k: v.detach().to(self._engine_dtype) for k, v in sd.items()}
+
+    def engine_buckets(self, stats: GatherStats | None = None) -> Iterator[list[tuple[str, Tensor]]]:
+        """FSDP: the engine's weights gathered from shards in buckets of `learner.sync_bucket_mb` (a collective:
+        every rank drains it)."""
+        return fsdp_learner.engine_buckets(self.model, bucket_bytes=self.cfg.sync_bucket_mb * 2**20,
+                                           dtype=self._engine_dtype, tied=self._tied, stats=stats)
+
+    def engine_meta(self) -> list[tuple[str, str, list[int]]]:
+        """(name, dtype, shape) of what `engine_state_dict` / `engine_buckets` send, in order; no gather."""
+        if self.ranks.sharded:
+            return fsdp_learner.engine_meta(self.model, dtype=self._engine_dtype, tied=self._tied)
+        return [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in self.engine_state_dict().items()]
 
     def weights_bytes(self) -> bytes:
-        return state_dict_to_bytes(self.engine_state_dict())
+        """safetensors bytes of the engine weights (FSDP: rank 0's; the other ranks join the gather, return b"")."""
+        sd = self.engine_state_dict()
+        return state_dict_to_bytes(sd) if self.ranks.rank == 0 else b""
 
     def engine_layout_checksum(self, names: list[str]) -> str:
         """Checksum of the weights the engine should hold, in vLLM's fused layout, over the engine's `names`."""
@@ -374,52 +429,23 @@ class PolicyLearner:
         """Log-prob of each token after the first (to compare against the engine's `score`)."""
         ids = torch.tensor([token_ids], device=self.device)
         with torch.no_grad():
-            return logp_from_logits(self._logits(ids, self.model.get_decoder()), ids[:, 1:])[0].tolist()
+            logits = root_call(self.model, lambda: self._logits(ids, self.model.get_decoder()))
+            if self.ranks.sharded:
+                self.model.reshard()  # type: ignore[operator]  # no backward follows to reshard the root
+            return logp_from_logits(logits, ids[:, 1:])[0].tolist()
 
     def save(self, out_dir: str) -> None:
         """The policy (full weights, or with LoRA only the adapter: adapter_config.json + adapter_model.safetensors);
-        with a critic also the value model under `out_dir/critic`."""
-        self.model.save_pretrained(out_dir, safe_serialization=True)
+        with a critic also the value model under `out_dir/critic`. FSDP: gathered to rank 0, which writes."""
+        if self.ranks.sharded:
+            fsdp_learner.save_full_model(self.model, out_dir, self.ranks.rank)
+        else:
+            self.model.save_pretrained(out_dir, safe_serialization=True)
         if self.critic is not None:
             self.critic.save(Path(out_dir) / "critic")
 
 
 # -------------------------------------------------------------------------------------------------------- helpers
-def stale_token_mask(versions: Tensor, resp_mask: Tensor, current_version: int) -> Tensor:
-    """1.0 where a trained response token was generated by a policy older than `current_version`, else 0.0.
-
-    versions: [B, T] int64 per-token policy versions (-1 outside responses). resp_mask: [B, T] f32 0/1.
-    Returns [B, T] f32.
-    """
-    return ((versions < current_version) & (resp_mask > 0)).to(resp_mask.dtype)
-
-
-def token_metrics(preps: list[Prepared], *, tis: bool) -> dict[str, float]:
-    """Off-policy token share, |log pi_k - log pi_behaviour| on fresh tokens (~0 when the engine holds the learner's
-    weights: a weight-sync check), and the mean TIS weight."""
-    stale = sum(float(p.stale.sum()) for p in preps)
-    total = sum(float(p.mb.resp_mask.sum()) for p in preps)
-    fresh_diff = sum(float(((_t(p.logp_old) - p.mb.logp_behaviour).abs() * (p.mb.resp_mask - p.stale)).sum())
-                     for p in preps)
-    out = {"train/off_policy_token_frac": stale / max(1.0, total),
-           "train/logp_old_vs_behaviour": fresh_diff / max(1.0, total - stale)}
-    if tis:
-        out["train/tis_weight_mean"] = sum(float(_t(p.is_weights).sum()) for p in preps) / max(1.0, total)
-    return out
-
-
-def masked_entropy(
-    logits: Tensor, mask: Tensor, rows_per_chunk: int = 1, fn: Callable[[Tensor], Tensor] = entropy_from_logits
-) -> Tensor:
-    """Token-mean entropy over mask (0-dim, on logits' device), a few rows at a time (a full-vocabulary softmax
-    of a whole micro-batch is large)."""
-    total = torch.zeros((), device=logits.device)
-    with torch.no_grad():
-        for r in range(0, logits.shape[0], rows_per_chunk):
-            total += (fn(logits[r : r + rows_per_chunk]) * mask[r : r + rows_per_chunk]).sum()
-    return total / mask.sum().clamp(min=1)
-
-
 def snapshot(params: dict[str, torch.nn.Parameter]) -> Snapshot:
     return {n: p.detach().clone() for n, p in params.items()}
 

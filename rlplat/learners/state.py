@@ -20,6 +20,12 @@ STATE_FILE = "learner_state.pt"
 
 
 def save_learner_state(learner: Any, out_dir: str | Path) -> None:
+    """The one-process learner: one `learner_state.pt`. An FSDP learner: DCP shards (`rlplat.learners.sharded`)."""
+    if getattr(getattr(learner, "ranks", None), "sharded", False):
+        from rlplat.learners import sharded
+
+        sharded.save_state(learner, out_dir)
+        return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {
@@ -61,6 +67,15 @@ def read_learner_state(in_dir: str | Path, map_location: str | torch.device = "c
 
 
 def load_learner_state(learner: Any, in_dir: str | Path) -> None:
+    """Either format into either learner, except a one-process `learner_state.pt` into an FSDP learner."""
+    from rlplat.learners import sharded
+
+    if sharded.is_sharded_state(in_dir):
+        sharded.load_state(learner, in_dir)  # DCP reshards: N ranks -> M ranks, or -> the plain learner
+        return
+    if getattr(getattr(learner, "ranks", None), "sharded", False):
+        raise ValueError(f"{in_dir} is a one-process learner checkpoint; resuming it with FSDP (learner.num_ranks > 1 "
+                         "or learner.fsdp) is not supported yet: resume with learner.num_ranks: 1")
     state = read_learner_state(in_dir, map_location=learner.device)
     learner.model.load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -31,3 +33,31 @@ def save(root: Path, step: int, *, run_id: str = "abc", keep_last: int = 3, spec
 
 def steps(root: Path) -> list[int]:
     return [s for s, _ in ck.checkpoints(root)]
+
+
+class Planted:
+    """Unpickling this creates `marker` (what a hostile checkpoint would do with a shell command)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def legacy_checkpoint(root: Path, marker: Path) -> Path:
+    """A checkpoint in the old layout: driver.pkl (a planted pickle) next to the learner's file, no manifest."""
+    path = root / "step_000004"
+    (path / "learner").mkdir(parents=True)
+    torch.save({"model": {}}, path / ck.LEARNER_STATE)
+    (path / "driver.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    return path
+
+
+def plant_learner_state(path: Path, marker: Path) -> None:
+    """Replace checkpoint `path`'s learner state by a planted pickle and rewrite the manifest to fit (the checksums
+    pass: only the loader stands in the way)."""
+    torch.save({"model": {"w": Planted(marker)}}, path / ck.LEARNER_STATE)
+    manifest = json.loads((path / ck.MANIFEST).read_text())
+    manifest["files"] = ck._digests(path, [path / f for f in manifest["files"]])
+    (path / ck.MANIFEST).write_text(json.dumps(manifest))

@@ -96,7 +96,8 @@ def test_fresh_start_refuses_an_earlier_runs_checkpoints(tmp_path: Path) -> None
     with pytest.raises(ValueError) as e:
         ck.check_fresh_start(root)
     assert str(e.value) == (f"output dir {tmp_path / 'out'} holds checkpoints up to step 12 of an earlier run; "
-                            "pass --resume to continue it or choose another experiment.name / output dir")
+                            "pass --resume to continue it, --start-over to move them aside, or choose another "
+                            "experiment.name / output dir")
     moved = ck.move_aside(root)
     assert moved is not None and moved.name.startswith("checkpoints.earlier-") and steps(moved) == [5, 12]
     ck.check_fresh_start(root)

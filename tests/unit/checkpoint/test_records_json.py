@@ -30,6 +30,8 @@ RECORDS = sorted((c for c in ck._record_types(envs=True).values()
 def _value(tp: Any, n: int) -> Any:
     """A value of type `tp` (from a record's annotations) that is no field's default."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:  # e.g. a chat message's values (agents.loop.Message): plain JSON data
+        return {"text": f"any {n}", "ids": [n, n + 1], "nested": {"ok": True}}
     if origin in (types.UnionType, typing.Union):
         return _value(next(a for a in args if a is not type(None)), n)
     if origin is list:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -13,31 +12,12 @@ from rlplat import checkpoint as ck
 from rlplat.config import ConfigError
 from rlplat.evaluate import find_source
 from rlplat.learners.state import read_learner_state
-from tests.unit.checkpoint.helpers import save
-
-
-class Planted:
-    """Unpickling this creates `marker` (what a hostile checkpoint would do with a shell command)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
-def _legacy_checkpoint(root: Path, marker: Path) -> Path:
-    """A checkpoint in the old layout: driver.pkl next to the learner's file, no manifest."""
-    path = root / "step_000004"
-    (path / "learner").mkdir(parents=True)
-    torch.save({"model": {}}, path / ck.LEARNER_STATE)
-    (path / "driver.pkl").write_bytes(pickle.dumps(Planted(marker)))
-    return path
+from tests.unit.checkpoint.helpers import legacy_checkpoint, plant_learner_state, save
 
 
 def test_planted_driver_pkl_is_never_executed(tmp_path: Path) -> None:
     root, marker = tmp_path / "checkpoints", tmp_path / "pwned"
-    path = _legacy_checkpoint(root, marker)
+    path = legacy_checkpoint(root, marker)
     with pytest.raises(ValueError, match=r"predates the safe checkpoint format \(driver.pkl is a pickle") as e:
         ck.load_driver_state(path)
     assert "\n" not in str(e.value)
@@ -55,11 +35,7 @@ def test_planted_driver_pkl_is_never_executed(tmp_path: Path) -> None:
 def test_planted_learner_state_is_refused_even_with_a_matching_manifest(tmp_path: Path) -> None:
     """Someone rewrote the manifest to fit: the checksums pass, the restricted unpickler still refuses."""
     root, marker = tmp_path / "checkpoints", tmp_path / "pwned"
-    final = save(root, 3)
-    torch.save({"model": {"w": Planted(marker)}}, final / ck.LEARNER_STATE)
-    manifest = json.loads((final / ck.MANIFEST).read_text())
-    manifest["files"] = ck._digests(final, [final / f for f in manifest["files"]])
-    (final / ck.MANIFEST).write_text(json.dumps(manifest))
+    plant_learner_state(save(root, 3), marker)
     path, _, _ = ck.find_resumable(root)
     with pytest.raises(ValueError, match=r"learner_state.pt holds more than tensors and plain data") as e:
         read_learner_state(path / "learner")

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the resolved spec and the GPU placement plan, check the cluster has the GPUs, and exit")
     t.add_argument("--assume-gpus", type=float, metavar="N",
                    help="with --dry-run: plan for a cluster of N GPUs instead of the one this machine can reach")
+    t.add_argument("--assume-nodes", type=int, metavar="K",
+                   help="with --dry-run --assume-gpus N: the N GPUs sit on K nodes (N/K each); the plan shows which "
+                        "node gets which role")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory (same MLflow run)")
@@ -164,7 +167,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.spec, args.overrides)
         if args.dry_run:
             print(dump_yaml(cfg), end="")
-            return _print_plan(cfg, args.assume_gpus)
+            return _print_plan(cfg, args.assume_gpus, args.assume_nodes)
         from rlplat.driver import loop, run_state
 
         run_state.preflight(cfg)
@@ -251,12 +254,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(cfg, assume_gpus: float | None) -> int:
-    """The placement plan for the cluster `train` would use (or `assume_gpus`), then the GPU-count check."""
+def _print_plan(cfg, assume_gpus: float | None, assume_nodes: int | None = None) -> int:
+    """The placement plan for the cluster `train` would use (or `assume_gpus` on `assume_nodes`), then the GPU-count
+    check."""
+    from rlplat.config import ConfigError
     from rlplat.placement import check_gpus, plan_placement
 
+    if assume_nodes is not None and (assume_gpus is None or assume_nodes < 1 or assume_gpus % assume_nodes):
+        raise ConfigError(f"--assume-nodes {assume_nodes} needs --assume-gpus with a multiple of it "
+                          f"(got {assume_gpus}): every node has the same number of GPUs")
     available, where = (assume_gpus, "the assumed cluster") if assume_gpus is not None else _reachable_gpus(cfg)
-    plan = plan_placement(cfg, available)
+    per_node = int(assume_gpus // assume_nodes) if assume_nodes and assume_gpus else None
+    plan = plan_placement(cfg, available, per_node)
     print(plan.describe())
     check_gpus(plan, available, where)  # ConfigError -> exit 2 with both numbers
     return 0

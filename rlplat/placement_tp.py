@@ -1,5 +1,5 @@
-"""Placement of tensor-parallel engines and a multi-rank learner, and who sends weights to whom (pure; not yet
-wired into `rlplat.placement.plan_placement` or the driver: see docs/scale_out.md).
+"""Placement of tensor-parallel engines and a multi-rank learner, and who sends weights to whom (pure; used by
+`rlplat.placement.plan_placement` when learner.num_ranks > 1 or rollout.tensor_parallel_size > 1 on GPU).
 
 Every bundle is one GPU. Engine e at tensor-parallel size T takes bundles e*T .. e*T+T-1 (its TP workers 0..T-1,
 which vLLM starts in those bundles); then:
@@ -7,8 +7,10 @@ which vLLM starts in those bundles); then:
     separate   learner rank r takes bundle E*T + r (E*T + N GPUs in all)
     colocated  learner rank r shares bundle r with a TP worker (N <= E*T; E*T GPUs), vLLM sleeping while it trains
 
-With `gpus_per_node` G, bundles are packed onto nodes in order (bundle b on node b // G); an engine must not
-straddle two nodes (its TP all-reduces want NVLink), so T must divide G.
+With `gpus_per_node` G, bundles go onto nodes by `strategy`: pack fills node 0, then node 1, ... in bundle order
+(bundle b on node b // G); spread deals the units (an engine's T bundles, a learner rank's one) round-robin over the
+nodes, each to the next node with room. An engine never straddles two nodes (its TP all-reduces want NVLink), so T
+must divide G.
 
 Weight sync: every learner rank holds each full bucket after `fsdp.iter_full_weights` (the gather is an
 all-gather), and every TP worker receives FULL tensors: vLLM's own `load_weights` keeps the worker's shard (column-
@@ -55,7 +57,7 @@ class ScaleOutPlan:
 
 
 def plan_scale_out(*, num_engines: int, tensor_parallel_size: int, num_learner_ranks: int, colocate: bool,
-                   gpus_per_node: int | None = None) -> ScaleOutPlan:
+                   gpus_per_node: int | None = None, strategy: str = "pack") -> ScaleOutPlan:
     """The bundles and seats of E engines at TP size T and N learner ranks (layout in the module docstring).
 
     Raises ValueError for counts < 1, a colocated learner with more ranks than engine GPUs, or an engine that would
@@ -79,8 +81,42 @@ def plan_scale_out(*, num_engines: int, tensor_parallel_size: int, num_learner_r
         if gpus_per_node < 1 or gpus_per_node % t:
             raise ValueError(f"rollout.tensor_parallel_size {t} must divide the GPUs per node ({gpus_per_node}): an "
                              "engine's TP workers must sit on one node")
-        node_of = tuple(b // gpus_per_node for b in range(total))
+        units = [t] * e + ([] if colocate else [1] * n)
+        node_of = assign_nodes(units, gpus_per_node, strategy)
     return ScaleOutPlan(bundles, engines, learner, colocate, node_of)
+
+
+def assign_nodes(unit_sizes: list[int], gpus_per_node: int, strategy: str) -> tuple[int, ...]:
+    """The node of every bundle when units of `unit_sizes` consecutive bundles are placed on nodes of
+    `gpus_per_node` GPUs: pack (in order, node by node) or spread (round-robin, each unit to the next node with
+    room). A unit is never split. Raises ValueError for an unknown strategy.
+
+    >>> assign_nodes([2, 2, 1, 1, 1, 1], 4, "pack")
+    (0, 0, 0, 0, 1, 1, 1, 1)
+    >>> assign_nodes([2, 2, 1, 1, 1, 1], 4, "spread")
+    (0, 0, 1, 1, 0, 1, 0, 1)
+    """
+    if strategy not in ("pack", "spread"):
+        raise ValueError(f"placement.strategy must be pack or spread, got {strategy!r}")
+    total = sum(unit_sizes)
+    if strategy == "pack":
+        return tuple(b // gpus_per_node for b in range(total))
+    num_nodes = -(-total // gpus_per_node)
+    free = [gpus_per_node] * num_nodes
+    out: list[int] = []
+    node = 0
+    for size in unit_sizes:
+        for _ in range(num_nodes):  # the next node (cyclic) with room for the whole unit
+            if free[node] >= size:
+                break
+            node = (node + 1) % num_nodes
+        else:
+            num_nodes, node = num_nodes + 1, num_nodes
+            free.append(gpus_per_node)
+        free[node] -= size
+        out += [node] * size
+        node = (node + 1) % num_nodes
+    return tuple(out)
 
 
 def check_fits(plan: ScaleOutPlan, available_gpus: int, where: str) -> None:

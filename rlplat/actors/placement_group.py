@@ -22,7 +22,7 @@ def reserve(plan: PlacementPlan, timeout_s: float):
     spread over nodes in pieces the bundles cannot use), and removes the half-made group."""
     if not plan.bundles:
         return None
-    pg = placement_group(list(plan.bundles), strategy="PACK", name="")
+    pg = placement_group(list(plan.bundles), strategy=plan.strategy.upper(), name="")  # PACK | SPREAD
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:

@@ -34,6 +34,7 @@ from rlplat.actors.reward import RewardActor
 from rlplat.actors.rollout import RolloutActor
 from rlplat.config import RewardConfig, RunConfig
 from rlplat.driver import chaos
+from rlplat.learners.balance import split_batch
 from rlplat.models import max_context_length
 from rlplat.placement import PlacementPlan, check_gpus, plan_placement
 from rlplat.rewards.basic import RewardInputs
@@ -239,7 +240,8 @@ def engine_options(cfg: RunConfig, model_path: str = "") -> EngineOptions:
 @dataclass
 class Workers:
     rollout: list[Any]  # RolloutActor handles
-    learner: Any = None  # LearnerActor handle (None when only engines run: `rlplat eval`)
+    learner: Any = None  # LearnerActor handle of rank 0 (None when only engines run: `rlplat eval`)
+    learners: list[Any] = dataclasses.field(default_factory=list)  # every learner rank (FSDP: learner.num_ranks)
     reward: Any = None  # RewardActor handle (placement.reward_actor); None: rewards are scored in the driver
     call_timeout_s: float = 600.0
     num_restarts: int = 0  # rollout actors restarted and re-synced during the run
@@ -269,14 +271,17 @@ class Workers:
                                .remote(engine, str((cfg.output_dir / "logs" / f"engine_{i}.log").resolve()))
                                for i, slot in enumerate(plan.rollout)]
             if with_learner:
-                workers.learner = LearnerActor.options(**actor_options(plan.learner, pg)).remote(
+                workers.learners = [LearnerActor.options(**actor_options(slot, pg)).remote(
                     str(Path(cfg.model.path).resolve()), cfg.learner, cfg.algorithm, dtype=cfg.model.dtype,
-                    seed=cfg.experiment.seed, lora=cfg.model.lora)
+                    seed=cfg.experiment.seed, lora=cfg.model.lora, rank=r) for r, slot in enumerate(plan.learner_slots)]
+                workers.learner = workers.learners[0]
+            joined = workers._join_learner_world(cfg) if with_learner and cfg.learner.sharded else []
             if with_learner and plan.reward is not None:
                 workers.reward = RewardActor.options(**actor_options(plan.reward, pg)).remote(
                     absolute_reward_paths(cfg.reward))
             call([w.start.remote() for w in workers.rollout], "engine start", cfg.cluster.start_timeout_s,
                  "cluster.start_timeout_s")
+            call(joined, "learner start (FSDP process group)", cfg.cluster.start_timeout_s, "cluster.start_timeout_s")
         except BaseException:
             workers.shutdown()
             raise
@@ -284,6 +289,19 @@ class Workers:
 
     def call(self, refs: Any, phase: str) -> Any:
         return call(refs, phase, self.call_timeout_s)
+
+    def _join_learner_world(self, cfg: RunConfig) -> list[Any]:
+        """FSDP: rank 0 opens the rendezvous on its node's address, then every rank joins the learner group and
+        builds its learner (the returned calls finish when all have)."""
+        host, port = call(self.learners[0].world_address.remote(), "learner start", cfg.cluster.start_timeout_s,
+                          "cluster.start_timeout_s")
+        backend = "gloo" if self.device == "cpu" else "cpu:gloo,cuda:nccl" if cfg.learner.fsdp_cpu_offload else "nccl"
+        return [a.join_world.remote(backend, host, port, len(self.learners), cfg.cluster.start_timeout_s)
+                for a in self.learners]
+
+    def _on_learners(self, method: str, *args: Any) -> list[Any]:
+        """The same call on every learner rank (FSDP: a collective; one rank: the one learner), in rank order."""
+        return [getattr(a, method).remote(*args) for a in self.learners]
 
     def engines(self) -> list[RemoteEngine]:
         return [RemoteEngine(w, self.call_timeout_s) for w in self.rollout]
@@ -319,7 +337,9 @@ class Workers:
         payload, resynced = None, 0
         for w in self.rollout:
             if self._loaded_version_after_restart(w) != version:
-                payload = payload or self.learner.weights_bytes.remote()
+                if payload is None:
+                    payload, *others = self._on_learners("weights_bytes")  # FSDP: every rank joins the gather
+                    self.call(others, "weight sync after a restart")
                 self.call(w.load_weights.remote(payload, version), "weight sync after a restart")
                 resynced += 1
         self.num_restarts += resynced
@@ -353,7 +373,14 @@ class Workers:
 
     # -------------------------------------------------------------------------------------------- learner
     def train(self, batch: TrainBatch) -> dict[str, float]:
-        return self.call(self.learner.train_step.remote(batch), "train step")
+        """One learner step. FSDP: the batch is split by tokens over the ranks (each gets its part; losses use global
+        denominators) and every rank returns the same reduced metrics; rank 0's are kept, with the split's balance."""
+        if len(self.learners) <= 1:
+            return self.call(self.learner.train_step.remote(batch), "train step")
+        parts, tokens = split_batch(batch, len(self.learners))
+        metrics = self.call([a.train_step.remote(p) for a, p in zip(self.learners, parts, strict=True)],
+                            "train step")[0]
+        return metrics | {"perf/learner_token_imbalance": max(tokens) / max(1.0, sum(tokens) / len(tokens))}
 
     def sync(self, version: int) -> None:
         """Learner weights -> every engine, in place (tokens generated from then on carry `version`), by
@@ -363,7 +390,7 @@ class Workers:
             if self.weight_sync == "broadcast":
                 self._open_weight_group()
                 meta = self.learner.weight_meta.remote()
-                self.call([self.learner.broadcast_weights.remote(),
+                self.call([*self._on_learners("broadcast_weights"),  # FSDP: all gather, rank 0 sends bucket by bucket
                            *(w.receive_weights.remote("receive_broadcast", meta, version) for w in self.rollout)],
                           "weight sync")
             elif self.weight_sync == "ipc":
@@ -374,8 +401,8 @@ class Workers:
                 finally:  # also when an engine died mid-sync: the learner lets go of the shared tensors
                     self.call(self.learner.release_ipc.remote(), "weight sync")
             else:
-                payload = self.learner.weights_bytes.remote()
-                self.call([w.load_weights.remote(payload, version) for w in self.rollout], "weight sync")
+                payload, *others = self._on_learners("weights_bytes")  # FSDP: rank 0's bytes, the rest b""
+                self.call([*(w.load_weights.remote(payload, version) for w in self.rollout), *others], "weight sync")
         except RayActorError:
             self.recover(version)
 
@@ -395,21 +422,24 @@ class Workers:
         """Check every engine holds the learner's weights: checksum of the tensors vLLM keeps readable, and the
         largest log-prob difference on one sequence (covers the linears that vLLM's CPU backend repacks)."""
         names = self.call(self.rollout[0].rpc.remote("readable_parameter_names"), "verify weights")
-        expected, learner_logps = self.call([self.learner.engine_layout_checksum.remote(names),
-                                             self.learner.sequence_logps.remote(token_ids)], "verify weights")
+        sums, logps = (self._on_learners("engine_layout_checksum", names),
+                       self._on_learners("sequence_logps", token_ids))  # FSDP: collectives, same order on each rank
+        expected, learner_logps = self.call([sums[0], logps[0]], "verify weights")
+        self.call(sums[1:] + logps[1:], "verify weights")
         checksums = self.call([w.rpc.remote("checksum_weights", names) for w in self.rollout], "verify weights")
         engine_logps = self.call([w.score.remote(token_ids) for w in self.rollout], "verify weights")
         diff = max(abs(a - b) for logps in engine_logps for a, b in zip(logps, learner_logps, strict=True))
         return {"sync/checksum_match": float(all(c == expected for c in checksums)), "sync/max_logp_diff": diff}
 
     def save_learner_state(self, out_dir: Path) -> None:
-        self.call(self.learner.save_state.remote(str(out_dir.resolve())), "checkpoint save")
+        """FSDP: every rank writes its shards (DCP) into out_dir, which must be on a file system all ranks see."""
+        self.call(self._on_learners("save_state", str(out_dir.resolve())), "checkpoint save")
 
     def load_learner_state(self, in_dir: Path) -> None:
-        self.call(self.learner.load_state.remote(str(in_dir.resolve())), "checkpoint load")
+        self.call(self._on_learners("load_state", str(in_dir.resolve())), "checkpoint load")
 
     def save_model(self, out_dir: Path) -> None:
-        self.call(self.learner.save.remote(str(out_dir.resolve())), "save final model")
+        self.call(self._on_learners("save", str(out_dir.resolve())), "save final model")
 
     def weight_meta(self) -> list[tuple[str, str, list[int]]]:
         """(name, dtype, shape) of every tensor a weight sync sends (`rlplat bench weight_sync` sizes it)."""
@@ -429,10 +459,10 @@ class Workers:
             except Exception:  # best effort: the actor may be gone or stopped
                 pass
             ray.kill(w)
-        for actor in (self.learner, self.reward):
+        for actor in (*(self.learners or [self.learner]), self.reward):
             if actor is not None:
                 ray.kill(actor)
-        self.rollout, self.learner, self.reward = [], None, None
+        self.rollout, self.learner, self.learners, self.reward = [], None, [], None
         release(self.placement_group)
         self.placement_group = None
 

@@ -51,6 +51,10 @@ class PlacementPlan:
     def learner_slots(self) -> tuple[Slot, ...]:
         return self.learner_ranks or (self.learner,)
 
+    def engine_bundles(self, engine: int) -> tuple[int, ...]:
+        """The bundles of engine `engine`'s tensor-parallel workers (empty without a scale-out plan)."""
+        return self.scale_out.engines[engine] if self.scale_out is not None else ()
+
     @property
     def num_gpus(self) -> int:
         return int(sum(b.get("GPU", 0) for b in self.bundles))

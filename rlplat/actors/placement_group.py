@@ -34,13 +34,22 @@ def reserve(plan: PlacementPlan, timeout_s: float):
     return pg
 
 
-def actor_options(slot: Slot, pg) -> dict:
-    """Ray `.options(...)` for an actor in `slot` of placement group `pg` (no options on CPU)."""
+def actor_options(slot: Slot, pg, tp_bundles: tuple[int, ...] = ()) -> dict:
+    """Ray `.options(...)` for an actor in `slot` of placement group `pg` (no options on CPU).
+
+    tp_bundles: a tensor-parallel engine's bundles (more than one): vLLM's Ray executor starts one worker per
+    bundle; the actor's child tasks stay in `pg` and VLLM_RAY_BUNDLE_INDICES names the bundles (not yet run on GPUs).
+    """
     if pg is None or slot.bundle is None:
         return {}
-    return {"num_gpus": slot.num_gpus,
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg,
-                                                                    placement_group_bundle_index=slot.bundle)}
+    tp = len(tp_bundles) > 1
+    options = {"num_gpus": slot.num_gpus,
+               "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                   placement_group=pg, placement_group_bundle_index=slot.bundle,
+                   placement_group_capture_child_tasks=tp)}
+    if tp:
+        options["runtime_env"] = {"env_vars": {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, tp_bundles))}}
+    return options
 
 
 def release(pg) -> None:

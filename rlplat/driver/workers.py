@@ -233,6 +233,7 @@ def engine_options(cfg: RunConfig, model_path: str = "") -> EngineOptions:
         enforce_eager=cfg.rollout.enforce_eager,
         max_num_seqs=cfg.rollout.max_num_seqs,
         stream_interval=cfg.rollout.stream_interval,
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
     )
 
 
@@ -267,7 +268,8 @@ class Workers:
                       placement_group=pg, device=plan.device, placement=plan.describe())
         try:
             tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators find them
-            workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}", **actor_options(slot, pg))
+            workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}",
+                                                    **actor_options(slot, pg, plan.engine_bundles(i)))
                                .remote(engine, str((cfg.output_dir / "logs" / f"engine_{i}.log").resolve()))
                                for i, slot in enumerate(plan.rollout)]
             if with_learner:

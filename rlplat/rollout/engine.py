@@ -27,6 +27,7 @@ class EngineOptions:
     max_num_seqs: int = 256
     cpu_kv_cache_gib: float = 1.0  # on CPU only: KV-cache size (vLLM's CPU default is far larger)
     stream_interval: int = 1  # tokens per streamed update of a request (vLLM's stream_interval)
+    tensor_parallel_size: int = 1  # GPUs per engine; > 1: vLLM's Ray executor in the actor's placement bundles
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -59,6 +60,8 @@ class RolloutEngine:
             worker_extension_cls="rlplat.rollout.weight_sync.WeightSyncExtension",
             enable_prefix_caching=True,
             stream_interval=o.stream_interval,
+            tensor_parallel_size=o.tensor_parallel_size,
+            distributed_executor_backend="ray" if o.tensor_parallel_size > 1 else None,
         )
         from vllm.platforms import current_platform
 

@@ -70,3 +70,17 @@ def test_dry_run_with_too_few_gpus_exits_2_with_both_numbers(capsys) -> None:
     assert "needs 8 GPU(s) (2 engine(s) x TP 2 + 4 learner rank(s)) but the assumed cluster has 6" in err
     assert main(["train", str(SPEC), "--dry-run", "--assume-gpus", "8", "--assume-nodes", "3"]) == 2
     assert "--assume-nodes 3 needs --assume-gpus with a multiple of it" in capsys.readouterr().err
+
+
+def test_tp_engine_actor_keeps_vllm_workers_in_its_bundles() -> None:
+    from rlplat.actors.placement_group import actor_options
+
+    plan = _plan(8, "placement.device=gpu", "learner.num_ranks=4", "rollout.num_workers=2",
+                 "rollout.tensor_parallel_size=2")
+    pg = object()  # Ray only stores it in the strategy
+    opts = actor_options(plan.rollout[1], pg, plan.engine_bundles(1))
+    assert opts["num_gpus"] == 0 and opts["scheduling_strategy"].placement_group_bundle_index == 2
+    assert opts["scheduling_strategy"].placement_group_capture_child_tasks
+    assert opts["runtime_env"] == {"env_vars": {"VLLM_RAY_BUNDLE_INDICES": "2,3"}}
+    learner = actor_options(plan.learner_slots[1], pg)
+    assert learner["num_gpus"] == 1.0 and "runtime_env" not in learner

@@ -48,9 +48,6 @@ class RunConfig:
         if self.agent.tools and self.env.task_id:
             raise ConfigError("agent.tools: env.task_id is set, so env episodes are played; tool-calling "
                               "trajectories run on the `data` prompts: remove agent.tools or env.task_id")
-        if self.agent.tools and self.rollout.partial.enabled:
-            raise ConfigError("agent.tools: rollout.partial (APRIL) does not yet continue tool-calling trajectories "
-                              "across steps: set rollout.partial.enabled: false")
         if self.algorithm.dynamic_sampling.enabled and self.env.task_id:
             raise ConfigError("algorithm.dynamic_sampling: not supported with env episodes (env.task_id) yet: "
                               "their seeds follow the step number, so a second draw would replay the same episodes")

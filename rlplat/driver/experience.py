@@ -4,7 +4,8 @@
 Five ways to get a step's N complete groups, chosen once at set-up (`make_rollout`) behind one interface, `Rollout`:
     PromptBatches   N fresh prompts x G samples, generated as one batch;
     PromptApril     APRIL (`rollout.partial`): partial buffer first, then fresh prompts, stop at N complete;
-    AgentTrajectories  N prompts x G tool-calling trajectories (`agent.tools`), tools run in the sandbox;
+    AgentTrajectories  N prompts x G tool-calling trajectories (`agent.tools`), tools run in the sandbox; with
+                    `rollout.partial`, APRIL: unfinished trajectories continue next step;
     Episodes        N env seeds x G episodes, played turn by turn (`env.task_id`);
     EpisodeApril    episodes with APRIL: cut episodes continue next step.
 `Experience.produce` runs one of them, scores the groups and measures them; the loop (or the async producer) calls it.
@@ -17,7 +18,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -37,6 +38,9 @@ from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.registry import RewardError, score_with_spec
 from rlplat.rollout.april_manager import AprilManager
 from rlplat.types import Group, Sample, SamplingOptions, TrainBatch
+
+if TYPE_CHECKING:
+    from rlplat.agents.loop import TrajectoryGroup
 
 
 def first_group_id(step: int, draw: int = 0, attempt: int = 0) -> int:
@@ -223,10 +227,13 @@ class EpisodeApril(Episodes):
 
 class AgentTrajectories(PromptBatches):
     """Tool-calling trajectories (agent.tools): N prompts x G trajectories, each played turn by turn through the
-    engines and the tools (rlplat/agents/loop.py); tool output enters as template tokens with loss mask 0."""
+    engines and the tools (rlplat/agents/loop.py); tool output enters as template tokens with loss mask 0. With
+    APRIL (rollout.partial) a step stops at N complete groups and unfinished trajectories continue next step
+    (rlplat/agents/april.py); without it, trajectories cut by a dead engine are played again from their prompts."""
 
     def __init__(self, cfg: RunConfig, workers: Workers, cursor: EpochCursor, prompts: PromptSet,
                  tokens: Tokens) -> None:
+        from rlplat.agents.april import AgentAprilManager
         from rlplat.agents.spec import build_agent_loop, build_sandbox
 
         super().__init__(RolloutOptions.from_spec(cfg), workers, cursor, prompts)
@@ -234,21 +241,50 @@ class AgentTrajectories(PromptBatches):
         self.sandbox = build_sandbox(cfg.agent.sandbox, output_dir=cfg.output_dir)
         self.agent = build_agent_loop(cfg.agent, tokens.tok, max_response_tokens=cfg.rollout.max_new_tokens,
                                       max_context_tokens=max_context_length(cfg.model.path), sandbox=self.sandbox)
+        partial = cfg.rollout.partial
+        self.april = AgentAprilManager(self.agent, over_provision=partial.over_provision,
+                                       max_age_in_versions=partial.max_age_in_versions) if partial.enabled else None
 
     def collect(self, step: int, version: int, draw: int = 0) -> tuple[list[Group], dict[str, float]]:
-        from rlplat.data.chat import as_messages
-
-        ids = self.cursor.take(self.opts.num_groups)
-        messages = [as_messages(self.prompts.rows[i].prompt, self.system_prompt) for i in ids]
+        if self.april is None:
+            return self._collect_whole(step, version, draw)
 
         def attempt(k: int) -> tuple[list[Group], dict[str, float]]:
-            batch = asyncio.run(self.agent.play_groups(
-                messages, self.workers.engines(), num_samples_per_prompt=self.opts.group_size,
-                first_group_id=first_group_id(step, draw, k), sampling=self.opts.sampling, policy_version=version,
-                prompt_ids=ids, answers=[self.prompts.answer(i) for i in ids]))
+            def fresh(n: int) -> list[TrajectoryGroup]:  # called at most once per attempt
+                return self._start_groups(self.cursor.take(n), first_group_id(step, draw, k))
+
+            assert self.april is not None
+            batch = asyncio.run(self.april.collect(self.workers.engines(), fresh, num_groups=self.opts.num_groups,
+                                                   sampling=self.opts.sampling, policy_version=version))
             return batch.groups, batch.metrics
 
-        return self.workers.retrying(version, attempt, "playing the step's trajectories again")
+        return self.workers.retrying(version, attempt, "its trajectories wait in the partial buffer")
+
+    def _collect_whole(self, step: int, version: int, draw: int) -> tuple[list[Group], dict[str, float]]:
+        """N fresh groups played to their end; after a dead engine, unfinished trajectories continue (a failed
+        request appends nothing; a turn whose tools were cut runs its tools again)."""
+        groups = self._start_groups(self.cursor.take(self.opts.num_groups), first_group_id(step, draw))
+        trajectories = [t for g in groups for t in g.trajectories]
+
+        def attempt(_: int) -> tuple[list[Group], dict[str, float]]:
+            metrics = asyncio.run(self.agent.play(trajectories, self.workers.engines(), self.opts.sampling, version))
+            return [g.group for g in groups], metrics
+
+        return self.workers.retrying(version, attempt, "its trajectories continue where they stopped")
+
+    def _start_groups(self, ids: list[int], first_id: int) -> list[TrajectoryGroup]:
+        from rlplat.data.chat import as_messages
+
+        messages = [as_messages(self.prompts.rows[i].prompt, self.system_prompt) for i in ids]
+        return self.agent.start_groups(messages, num_samples_per_prompt=self.opts.group_size, first_group_id=first_id,
+                                       prompt_ids=ids, answers=[self.prompts.answer(i) for i in ids])
+
+    def state(self) -> list[Any]:
+        return self.april.state() if self.april is not None else []
+
+    def load_state(self, state: list[Any]) -> None:
+        if self.april is not None:
+            self.april.load_state(state)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -259,7 +295,7 @@ def make_rollout(cfg: RunConfig, workers: Workers, tokens: Tokens, cursor: Epoch
     """The spec's rollout: prompts, tool-calling trajectories (agent.tools) or env episodes (env.task_id), with
     or without APRIL (rollout.partial)."""
     opts, partial = RolloutOptions.from_spec(cfg), cfg.rollout.partial
-    if cfg.agent.tools:
+    if cfg.agent.tools:  # with or without APRIL (rollout.partial)
         return AgentTrajectories(cfg, workers, cursor, prompts, tokens)
     if env is None:
         if not partial.enabled:

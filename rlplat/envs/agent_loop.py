@@ -17,7 +17,9 @@ never appended: no model token would follow it, so it could not be trained on.
 Groups: every seed is played `num_samples_per_seed` times, all episodes of one seed forming one GRPO group (envs
 given equal seeds start from identical states). The whole step's episodes share one `TextEnv` with
 num_envs = seeds x samples; each turn every live episode generates (one batched `generate` per worker) and then
-every live episode steps at once (one `env.step`). With APRIL (`rlplat.envs.episode_april`) a step stops once N
+every live episode steps at once (one `env.step`): a round of `rlplat.turns.play_round`, the multi-turn driver
+shared with tool-calling trajectories, with `EpisodeEnv` as the env side (the budgets are `rlplat.turns.TurnLimits`,
+here named `EpisodeBudget`). With APRIL (`rlplat.envs.episode_april`) a step stops once N
 groups are complete and the other episodes continue next step; every episode records its action texts for that.
 
 Reward: the episode return R = return_scale * sum over turns of the env reward, where an invalid action's reward
@@ -34,8 +36,8 @@ rendered observations and templates keep their structure (e.g. grid rows separat
 renderer (`rlplat.envs.renderers.COMPACT_RENDERERS`, `env.renderer: compact`) when observations must fit a small
 context.
 
-No Ray here: workers are anything with `async generate(samples, sampling, policy_version)` (a `RolloutEngine`,
-a `RemoteRolloutWorker`, or a test fake).
+No Ray here: workers are anything with `async generate(samples, sampling, policy_version)` (`rlplat.turns.TurnWorker`:
+a `RolloutEngine`, a `RemoteRolloutWorker`, or a test fake).
 """
 
 from __future__ import annotations

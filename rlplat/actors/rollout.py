@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ray
 
+from rlplat.rollout import shm
 from rlplat.rollout.engine import EngineOptions, RolloutEngine
 from rlplat.rollout.vllm_logs import route_vllm_logs
 from rlplat.types import Sample, SamplingOptions
@@ -24,11 +25,20 @@ class RolloutActor:
             route_vllm_logs(Path(log_file), options.model_path)
         self.engine = RolloutEngine(options)
         self._starting: asyncio.Task | None = None
+        # vLLM's /dev/shm segments, released after shutdown or by the next actor on this log file (rollout/shm.py)
+        self._shm_ledger = Path(f"{log_file}.shm.json") if log_file else None
 
     async def start(self) -> None:
         if self._starting is None:
-            self._starting = asyncio.ensure_future(self.engine.start())
+            self._starting = asyncio.ensure_future(self._start())
         await self._starting
+
+    async def _start(self) -> None:
+        if self._shm_ledger:
+            shm.release(self._shm_ledger)  # what a killed predecessor left
+        await self.engine.start()
+        if self._shm_ledger:
+            shm.record(self._shm_ledger, shm.child_segments())
 
     async def loaded_version(self) -> int | None:
         """The policy version of the engine's weights; None for a fresh (or restarted) actor."""
@@ -63,4 +73,7 @@ class RolloutActor:
         return await self.engine.rpc(method, *args)
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        if self._shm_ledger:
+            shm.stop_and_release(self._shm_ledger, self.engine.shutdown)
+        else:
+            self.engine.shutdown()

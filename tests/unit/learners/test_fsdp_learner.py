@@ -1,8 +1,8 @@
-"""The PolicyLearner under FSDP2 on real gloo process groups: 2 ranks, each with its token-balanced part of the batch
+"""The PolicyLearner under FSDP2 on real gloo process groups: 2 ranks (and 4, marked slow), each with its token-balanced part of the batch
 (`balance.split_batch`, as the driver splits it), take the same steps as the one-process learner on the whole batch
 (losses, norms and updated weights within 1e-5, fp32) for GRPO, PPO with a critic, a KL reference (a frozen sharded
 model) and LoRA (+ KL to the adapter-disabled base). The sharded checkpoint written between the two steps resumes on 2
-ranks and on 1 (the plain learner) to the same second step.
+ranks and on 1 (the plain learner) to the same second step. Removing the global loss count makes it fail (checked).
 
 Ranks are forked from the test process (see test_fsdp.py for why); a rank that hangs fails the test.
 """
@@ -99,27 +99,30 @@ def _assert_step(got: dict[str, Any], want: dict[str, Any]) -> None:
         torch.testing.assert_close(got["weights"][k], v, rtol=0, atol=ATOL, msg=k)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_two_ranks_match_one_process_and_resume(tiny_model_dir: Path, tmp_path: Path, variant: str) -> None:
+@pytest.mark.parametrize(("variant", "world"), [
+    *((v, 2) for v in VARIANTS),
+    pytest.param("grpo", 4, marks=pytest.mark.slow, id="grpo-4-ranks"),  # 12 samples over 4 ranks, 4 -> 1 resume
+])
+def test_ranks_match_one_process_and_resume(tiny_model_dir: Path, tmp_path: Path, variant: str, world: int) -> None:
     plain = _learner(tiny_model_dir, variant, Ranks())
     want = [_step(plain, variant) for _ in range(2)]
     assert want[0]["metrics"]["train/grad_norm"] > LEARNER["grad_clip_norm"]  # the global norm matters
 
-    _run_ranks(_rank_worker, 2, tiny_model_dir, tmp_path, variant, False)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    _run_ranks(_rank_worker, world, tiny_model_dir, tmp_path, variant, False)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for res in ranks:  # every rank reports the reduced metrics and receives the full weights
         _assert_step(res["step1"], want[0])
         _assert_step(res["step2"], want[1])
     assert (tmp_path / "ckpt" / "policy" / ".metadata").is_file()
     assert (tmp_path / "ckpt" / "critic").is_dir() == (variant == "ppo-critic")
 
-    if variant in ("grpo", "ppo-critic"):  # 2 -> 2 ranks: the same second step as the uninterrupted run
+    if variant in ("grpo", "ppo-critic") and world == 2:  # 2 -> 2 ranks: the same second step as the uninterrupted run
         _run_ranks(_rank_worker, 2, tiny_model_dir, tmp_path, variant, True)
         resumed = torch.load(tmp_path / "resumed0.pt")
         assert resumed["version"] == 2
         _assert_step(resumed["step2"], want[1])
 
-    one = _learner(tiny_model_dir, variant, Ranks())  # 2 -> 1: the plain learner loads the shards (DCP reshards)
+    one = _learner(tiny_model_dir, variant, Ranks())  # N -> 1: the plain learner loads the shards (DCP reshards)
     load_learner_state(one, tmp_path / "ckpt")
     assert one.policy_version == 1
     _assert_step(_step(one, variant), want[1])

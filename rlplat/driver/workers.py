@@ -251,6 +251,8 @@ class Workers:
     placement_group: Any = None  # Ray placement group of a GPU plan (None on CPU)
     device: str = "cpu"  # the plan's device: the broadcast weight sync uses NCCL on gpu, gloo on cpu
     placement: str = ""  # the placement plan, described (logged as the run's rlplat.placement tag)
+    # the last broadcast's gather from FSDP shards: sync/num_buckets, sync/gather_bytes, sync/peak_extra_bytes
+    sync_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def start(cls, cfg: RunConfig, engine: EngineOptions, *, with_learner: bool = True) -> Workers:
@@ -392,9 +394,11 @@ class Workers:
             if self.weight_sync == "broadcast":
                 self._open_weight_group()
                 meta = self.learner.weight_meta.remote()
-                self.call([*self._on_learners("broadcast_weights"),  # FSDP: all gather, rank 0 sends bucket by bucket
-                           *(w.receive_weights.remote("receive_broadcast", meta, version) for w in self.rollout)],
-                          "weight sync")
+                # FSDP: every rank gathers, rank 0 sends bucket by bucket; it reports the gather's sizes
+                self.sync_metrics, *_ = self.call(
+                    [*self._on_learners("broadcast_weights"),
+                     *(w.receive_weights.remote("receive_broadcast", meta, version) for w in self.rollout)],
+                    "weight sync")
             elif self.weight_sync == "ipc":
                 payload = self.learner.ipc_payload.remote()
                 try:

@@ -215,7 +215,7 @@ def bench_steps(spec: str, model: Path, steps: int, overrides: Sequence[str]) ->
     prompts = write_splits(PROMPTS, tool_splits(num_train=500, num_test=0, seed=1))[0]
     cfg = load_config(spec, [LOCAL_RAY, f"model.path={model}", f"data.train_files=[{prompts}]",
                              "agent.tools=[python]", f"experiment.num_steps={steps}", "experiment.name=bench-agents",
-                             "tracking.log_samples_every_steps=0", *overrides])
+                             "tracking.log_samples_every_steps=1000", *overrides])
     clock = BusyClock()
     with timed_engines(clock):
         result = loop.train(cfg, progress=False)

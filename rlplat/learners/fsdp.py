@@ -18,6 +18,7 @@ All functions that touch DTensors are collectives: every rank of the mesh must c
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -238,4 +239,8 @@ def root_call(model: nn.Module, fn: Callable[[], T]) -> T:
     """fn() with the root unit's parameters gathered (a model without FSDP: just fn()). fn takes no arguments so
     no float tensor of ours passes FSDP's input casting."""
     call = getattr(model, "rlplat_root_call", None)
-    return fn() if call is None else call(fn)
+    if call is None:
+        return fn()
+    with warnings.catch_warnings():  # the learner's log-probs are views; it never changes them in place
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        return call(fn)

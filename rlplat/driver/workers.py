@@ -305,7 +305,7 @@ class Workers:
 
     def _on_learners(self, method: str, *args: Any) -> list[Any]:
         """The same call on every learner rank (FSDP: a collective; one rank: the one learner), in rank order."""
-        return [getattr(a, method).remote(*args) for a in self.learners]
+        return [getattr(a, method).remote(*args) for a in self.learners or [self.learner]]
 
     def engines(self) -> list[RemoteEngine]:
         return [RemoteEngine(w, self.call_timeout_s) for w in self.rollout]

@@ -74,6 +74,5 @@ class RolloutActor:
 
     def shutdown(self) -> None:
         if self._shm_ledger:
-            shm.stop_and_release(self._shm_ledger, self.engine.shutdown)
-        else:
-            self.engine.shutdown()
+            shm.release(self._shm_ledger, mapped_too=True)  # first: the stop may outlast the driver's patience
+        self.engine.shutdown()

@@ -1,13 +1,13 @@
 """vLLM's shared-memory segments (/dev/shm/psm_*, 160-240 MB each), released when their engine is gone.
 
-vLLM's engine-core process creates its message queues as Python SharedMemory segments and unlinks them only when
+vLLM's engine-core and worker processes create their message queues as Python SharedMemory segments, unlinked only when
 the queue object is garbage-collected. An engine core that is force-killed (vLLM's own shutdown does that when the
 core does not exit at once, and so does the death of its actor or driver) leaves them in /dev/shm for good.
 
 So the rollout actor writes down the segments its engine processes have mapped (a ledger file next to the engine
-log, `engine_N.shm.json`) once the engine is up, and releases them after `shutdown`, and, when it starts again
-after a crash (Ray restarts it, or a resumed run starts an actor with the same log file), those its predecessor
-left. A segment still mapped by a live process is never unlinked.
+log, `engine_N.log.shm.json`) once the engine is up, and releases them when it is shut down (unlinked before the
+engine stops; a mapping outlives the name), and, when it starts again after a crash (Ray restarts it, or a resumed
+run starts an actor with the same log file), those its predecessor left, except any a live process still maps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("rlplat")
@@ -59,15 +58,19 @@ def record(ledger: Path, segments: set[str]) -> None:
     ledger.write_text(json.dumps(sorted(segments)))
 
 
-def release(ledger: Path) -> list[str]:
+def release(ledger: Path, *, mapped_too: bool = False) -> list[str]:
     """Unlink the segments `ledger` lists that still exist and that no live process maps (the ledger keeps the
-    others, or goes). Returns the paths unlinked."""
+    others, or goes). Returns the paths unlinked.
+
+    mapped_too: also those still mapped: for an engine about to be stopped, whose own segments they are. Unlinking
+    removes only the name; processes that have it mapped keep using it until they end. Done before the stop,
+    because the stop can outlast the driver's patience (vLLM waits for its worker, then force-kills it)."""
     try:
         listed = {s for s in json.loads(ledger.read_text()) if isinstance(s, str) and _in_shm_dir(s)}
     except (OSError, ValueError):
         return []
     existing = {s for s in listed if Path(s).exists()}
-    busy = in_use(existing)
+    busy = set() if mapped_too else in_use(existing)
     freed = sorted(existing - busy)
     for s in freed:
         Path(s).unlink(missing_ok=True)
@@ -79,12 +82,3 @@ def release(ledger: Path) -> list[str]:
         log.info("released %d shared-memory segments of a stopped vLLM engine: %s", len(freed), ", ".join(freed))
     return freed
 
-
-def stop_and_release(ledger: Path, stop: Callable[[], None], wait_s: float = 2.0) -> list[str]:
-    """`stop()` the engine, wait up to `wait_s` for its processes to end, then `release(ledger)`."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    stop()
-    psutil.wait_procs(children, timeout=wait_s)
-    return release(ledger)

@@ -45,12 +45,13 @@ def test_a_childs_segment_is_listed_kept_while_mapped_and_released_after(child, 
     assert not Path(path).exists() and not ledger.exists()
 
 
-def test_stop_and_release_waits_for_the_stopped_processes(child, tmp_path: Path) -> None:
+def test_an_engine_being_stopped_releases_its_own_segments_while_still_mapped(child, tmp_path: Path) -> None:
+    """mapped_too: the name goes at once; the process that maps the segment is not disturbed."""
     proc, path = child
     ledger = tmp_path / "engine_0.log.shm.json"
-    shm.record(ledger, {path})
-    assert shm.stop_and_release(ledger, proc.kill) == [path]
-    assert not Path(path).exists()
+    shm.record(ledger, shm.child_segments())
+    assert shm.release(ledger, mapped_too=True) == [path]
+    assert not Path(path).exists() and not ledger.exists() and proc.poll() is None
 
 
 def test_a_missing_or_damaged_ledger_releases_nothing(tmp_path: Path) -> None:

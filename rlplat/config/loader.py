@@ -9,6 +9,7 @@ dataclass is a mapping, a Literal lists its values, `X | None` accepts null, `tu
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -93,10 +94,12 @@ _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-        return float(value)  # PyYAML reads `3e-4` (no dot) as a string
+    number = tp is float and isinstance(value, int | float) and not isinstance(value, bool)
+    if number or (tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip())):
+        x = float(value)  # PyYAML reads `3e-4` (no dot) as a string
+        if not math.isfinite(x):  # .inf, .nan, 1e400: an infinite lr, temperature or timeout is never meant
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return x
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):

@@ -1,5 +1,6 @@
 """A rollout actor killed during a run: Ray restarts it, it gets the current weights, the run completes and
-every group is accounted for (each step trains its own prompts, in cursor order, none twice or skipped)."""
+every group is accounted for (each step trains its own prompts, in cursor order, none twice or skipped). A user
+reward that hangs ends `rlplat train` with one line, exit 2, and nothing of the run left running or in /dev/shm."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from rlplat.bench.faults_chaos import run_driver
 from rlplat.config import load_config
 from rlplat.data.datasets import EpochCursor
 from rlplat.driver import loop
@@ -75,3 +77,26 @@ def test_killed_rollout_actor_in_an_env_run_loses_nothing(ray_session, tiny_mode
     trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     n = cfg.rollout.num_prompts_per_step
     assert [t["prompt_ids"] for t in trained] == [[cfg.env.seed + s * n + k for k in range(n)] for s in range(3)]
+
+
+def test_hung_user_reward_ends_the_run_and_leaves_nothing_behind(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`rlplat train` in its own process; the reward sleeps for 10 minutes at the first scoring (evaluation before
+    step 1). After reward.timeout_s the run ends: exit 2, one error line naming the function and the key, none of
+    its processes (found by an environment tag they all inherit) alive 5 s later, no vLLM segment left."""
+    rewards = tmp_path / "slow_rewards.py"
+    rewards.write_text("import time\n\n\ndef hangs(batch):\n    time.sleep(600)\n")
+    out = tmp_path / "out"
+    args = [str(ROOT / "configs/smoke/grpo.yaml"),
+            *smoke_overrides(tiny_model_dir, out, **{"experiment.num_steps": 2, "cluster.num_cpus": 4,
+                                                     "reward.timeout_s": 3}),
+            f'reward.terms=[{{name: "{rewards}:hangs", weight: 1.0}}]', "--no-progress"]
+    t0 = time.monotonic()
+    outcome = run_driver(args, out, "run", None, timeout_s=480)
+    elapsed = time.monotonic() - t0
+    log = (out / "run.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("rlplat: error:")]
+    assert outcome.exit_code == 2, log[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"rlplat: error: reward function '{rewards}:hangs' exceeded its time limit of 3 s (reward.timeout_s)"), errors
+    assert (outcome.leftover_processes, outcome.leftover_shm) == (0, 0), outcome
+    print(f"hung reward: exit {outcome.exit_code} {elapsed:.0f} s after the start (engine start included)")

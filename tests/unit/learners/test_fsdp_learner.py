@@ -1,8 +1,9 @@
-"""The PolicyLearner under FSDP2 on real gloo process groups: 2 ranks (and 4, marked slow), each with its token-balanced part of the batch
-(`balance.split_batch`, as the driver splits it), take the same steps as the one-process learner on the whole batch
-(losses, norms and updated weights within 1e-5, fp32) for GRPO, PPO with a critic, a KL reference (a frozen sharded
-model) and LoRA (+ KL to the adapter-disabled base). The sharded checkpoint written between the two steps resumes on 2
-ranks and on 1 (the plain learner) to the same second step. Removing the global loss count makes it fail (checked).
+"""The PolicyLearner under FSDP2 on real gloo process groups: 2 ranks (and 4, marked slow), each with its
+token-balanced part of the batch (`balance.split_batch`, as the driver splits it), take the same steps as the
+one-process learner on the whole batch (losses, norms and updated weights within 1e-5, fp32) for GRPO, PPO with a
+critic, a KL reference (a frozen sharded model) and LoRA (+ KL to the adapter-disabled base). The sharded checkpoint
+written between the two steps resumes on 2 ranks and on 1 (the plain learner) to the same second step. Removing the
+global loss count makes it fail (checked).
 
 Ranks are forked from the test process (see test_fsdp.py for why); a rank that hangs fails the test.
 """

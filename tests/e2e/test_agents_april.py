@@ -1,0 +1,175 @@
+"""Tool-calling trajectories with APRIL end to end (real Ray, real vLLM on CPU, the real sandbox): a tiny BPE chat
+model that has memorised one tool-using conversation (call the python tool, read its output, answer with a code
+block) trains with the `code_tests` reward; a step stops at N complete groups and its unfinished trajectories wait
+in the partial buffer; a rollout actor is killed in the middle of step 2's trajectories; the run checkpoints,
+stops, and `--resume` continues the buffered trajectories from the checkpoint.
+
+Why trajectories are cut for sure: the sandbox runs one program at a time (agent.sandbox.max_concurrency 1), so the
+four trajectories of a step reach their final turn one after another; the group of the last one is still playing
+when the other group completes, and is aborted or stopped before its next turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rlplat import checkpoint as ck
+from rlplat.config import load_config
+from rlplat.driver import loop
+from rlplat.types import Group, TrainBatch
+from tests.conftest import ROOT, smoke_overrides
+
+pytestmark = pytest.mark.slow
+
+CALL = '<tool_call>\n{"name": "python", "arguments": {"code": "print(2 + 3)"}}\n</tool_call>'
+ANSWER = "```python\ndef add(a, b):\n    return a + b\n```"
+TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0"]
+PROMPT = "Write add(a, b)."
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BPE chat model after ~100 full-batch Adam steps on one conversation (CALL, the python tool's real
+    reply, ANSWER), rendered with the python tool's schema as at rollout: it then samples that conversation at a
+    low temperature (~20 s on this machine)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlplat.agents.tool_calls import parse_hermes
+    from rlplat.agents.tools import build_toolset
+    from rlplat.models import TinyModelShape, write_tiny_model
+
+    path = write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-tools", tokenizer="bpe",
+                            shape=TinyModelShape(max_position_embeddings=1024))
+    tok = AutoTokenizer.from_pretrained(path)
+    tools = build_toolset(("python",))
+    reply = asyncio.run(tools.call_all(parse_hermes(CALL)))[0].message()
+    conv = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CALL}, reply,
+            {"role": "assistant", "content": ANSWER}]
+    schemas = tools.schemas()
+    prompt = tok.apply_chat_template(conv[:1], tools=schemas, add_generation_prompt=True, tokenize=True,
+                                     return_dict=False)
+    ids = torch.tensor([tok.apply_chat_template(conv, tools=schemas, tokenize=True, return_dict=False)])
+    labels = ids.clone()
+    labels[0, :len(prompt)] = -100
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loaded 2-core machine: one thread is several times faster than the default
+    try:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(200):
+            loss = model(input_ids=ids, labels=labels).loss
+            if loss.item() < 0.02:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert loss.item() < 0.02, loss.item()
+        model.save_pretrained(path)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def _write_data(out: Path) -> Path:
+    path = out / "add.jsonl"
+    with open(path, "w") as f:
+        for _ in range(8):  # one prompt: the tiny model reproduces its conversation only after that exact prompt
+            f.write(json.dumps({"messages": [{"role": "user", "content": PROMPT}], "tests": TESTS,
+                                "answer": "add"}) + "\n")
+    return path
+
+
+def _cfg(model: Path, out: Path, data: Path, num_steps: int):
+    return load_config(ROOT / "configs/smoke/grpo.yaml", [
+        *smoke_overrides(model, out), f"experiment.num_steps={num_steps}", f"data.train_files=[{data}]",
+        f"data.eval_files=[{data}]", "data.prompt_key=messages", "reward.terms=[{name: code_tests}]",
+        "agent.tools=[python]", "agent.max_turns=3", "agent.max_new_tokens_per_turn=96",
+        "agent.sandbox.max_concurrency=1", "rollout.max_new_tokens=256", "rollout.temperature=0.3",
+        "rollout.num_prompts_per_step=1", "rollout.num_samples_per_prompt=2", "rollout.partial.enabled=true",
+        "rollout.partial.over_provision=2.0", "checkpoint.every_steps=1", "eval.num_samples=1",
+        "learner.lr=1.0e-5"])  # the test is about the trajectories; a small step keeps the memorised behaviour
+
+
+def _trained(out: Path) -> dict[int, list[int]]:
+    rows = [json.loads(x) for x in (out / "trained_groups.jsonl").read_text().splitlines()]
+    return {r["step"]: r["group_ids"] for r in rows if "group_ids" in r}  # not the resume marker lines
+
+
+def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_session, tool_model: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    from rlplat.agents.loop import AgentLoop, TrajectoryGroup
+    from rlplat.driver.workers import Workers
+
+    data, out = _write_data(tmp_path), tmp_path / "run"
+    started: list[Workers] = []
+    start = Workers.start.__func__  # type: ignore[attr-defined]
+
+    def spy_start(cls: type[Workers], *args: Any, **kwargs: Any) -> Workers:
+        started.append(start(cls, *args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(Workers, "start", classmethod(spy_start))
+    killed = threading.Event()
+    respond = AgentLoop.respond
+
+    async def kill_once_in_step_2(self: AgentLoop, trajectories: Any, turns: Any) -> Any:
+        """At the first model turn that ends after step 1 is recorded (step 2 continues step 1's cut trajectories
+        and starts fresh ones): the other trajectories' requests are in flight on the engine."""
+        trained = out / "trained_groups.jsonl"
+        if not killed.is_set() and trained.is_file() and trained.read_text().strip():
+            killed.set()
+            started[-1].kill_engine(0)
+        return await respond(self, trajectories, turns)
+
+    monkeypatch.setattr(AgentLoop, "respond", kill_once_in_step_2)
+    batches: list[TrainBatch] = []
+    make_batch = loop.make_batch
+
+    def spy_batch(advantage: str, groups: list[Group]) -> TrainBatch:
+        batches.append(make_batch(advantage, groups))
+        return batches[-1]
+
+    monkeypatch.setattr(loop, "make_batch", spy_batch)
+
+    # run 1: steps 1-2, the actor killed mid-trajectory in step 2, checkpoints at both steps
+    first = loop.train(_cfg(tool_model, out, data, 2), progress=False)
+    client = MlflowClient(first.tracking_uri)
+    metrics = client.get_run(first.run_id).data.metrics
+    assert killed.is_set() and metrics["faults/rollout_restarts"] >= 1
+    assert metrics["agent/tool_use_rate"] > 0 and metrics["agent/turns_mean"] >= 2  # the python tool was used
+    rewards = [m.value for m in client.get_metric_history(first.run_id, "rollout/reward_mean")]
+    assert max(rewards) > 0  # code_tests ran the answers' programs against the row's tests
+    saved = ck.load_driver_state(out / "checkpoints" / "step_000002")
+    assert saved.partial_buffer and all(isinstance(g, TrajectoryGroup) for g in saved.partial_buffer)
+    cut = {(t.sample.group_id, t.sample.sample_index) for g in saved.partial_buffer for t in g.trajectories
+           if not t.sample.is_finished}
+    assert cut, "no trajectory was cut at the step-2 checkpoint"
+    unfinished = {gid for gid, _ in cut}
+    assert metrics["april/tokens_buffered"] == sum(g.group.num_response_tokens for g in saved.partial_buffer)
+    assert metrics["april/tokens_generated"] == metrics["april/tokens_trained"] + metrics["april/tokens_buffered"]
+
+    # run 2: --resume to step 3: the buffered trajectories continue
+    batches.clear()
+    second = loop.train(_cfg(tool_model, out, data, 3), progress=False, resume=True)
+    assert second.run_id == first.run_id
+    continued = client.get_metric_history(second.run_id, "april/trajectories_continued")
+    assert any(m.step == 3 and m.value >= 1 for m in continued), continued
+    trained3 = set(_trained(out)[3])
+    later = ck.load_driver_state(out / "checkpoints" / "step_000003")
+    assert unfinished <= trained3 | {g.group_id for g in later.partial_buffer}  # restored: trained or kept
+    for s in (s for b in batches for s in b.samples):
+        s.validate()
+        assert s.is_finished and s.loss_mask[0] == 1 and s.loss_mask[-1] == 1
+    resumed = [s for b in batches for s in b.samples if (s.group_id, s.sample_index) in cut]
+    for s in resumed:  # begun before the checkpoint, ended after the resume: model tokens of two policy versions
+        assert len({v for v, m in zip(s.policy_versions, s.loss_mask, strict=True) if m}) >= 2, s.policy_versions
+    assert resumed or unfinished <= {g.group_id for g in later.partial_buffer}

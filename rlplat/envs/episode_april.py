@@ -258,7 +258,8 @@ def replay(env: TextEnv, episodes: Sequence[Episode]) -> int:
 def make_episode_april(env_cfg: EnvConfig, partial: PartialRolloutConfig, *, num_groups_per_step: int,
                        group_size: int, make_env=make_episode_env) -> EpisodeAprilManager:
     """The manager for a spec: its own pool of N' x group_size envs in async mode with batch_size 1, built by
-    `make_env(env_cfg, num_envs, batch_size=1)` (the driver's pool by default; the controller may pass an EnvActor's)."""
+    `make_env(env_cfg, num_envs, batch_size=1)` (the driver's pool by default; the controller may pass an
+    EnvActor's)."""
     num_envs = num_groups_to_issue(num_groups_per_step, partial.over_provision) * group_size
     return EpisodeAprilManager(make_env(env_cfg, num_envs, batch_size=1), group_size=group_size,
                                over_provision=partial.over_provision,

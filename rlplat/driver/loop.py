@@ -93,6 +93,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
                 producer.set_learner_version(version)
                 metrics |= async_metrics(producer, groups, version)
             t4 = time.perf_counter()
+            metrics |= workers.sync_metrics  # FSDP with broadcast sync: the gather's bucket sizes; else empty
             metrics |= {"replay/num_groups": float(len(replayed)),
                         "faults/rollout_restarts": float(workers.num_restarts)}
             # time/rollout_s: how long the learner waited for this batch (all of rollout + reward when synchronous)

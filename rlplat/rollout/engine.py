@@ -195,7 +195,8 @@ class RolloutEngine:
         assert self.engine is not None
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, f"score{next(self._ids)}"):
+        request_id = f"score{next(self._ids)}"
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, request_id):
             final = out
         assert final is not None and final.prompt_logprobs is not None
         return [float(pos[tok].logprob) for tok, pos in zip(token_ids[1:], final.prompt_logprobs[1:], strict=True)]

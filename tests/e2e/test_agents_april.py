@@ -1,12 +1,12 @@
 """Tool-calling trajectories with APRIL end to end (real Ray, real vLLM on CPU, the real sandbox): a tiny BPE chat
 model that has memorised one tool-using conversation (call the python tool, read its output, answer with a code
 block) trains with the `code_tests` reward; a step stops at N complete groups and its unfinished trajectories wait
-in the partial buffer; a rollout actor is killed in the middle of step 2's trajectories; the run checkpoints,
+in the partial buffer; a rollout actor is killed in the middle of step 1's trajectories; the run checkpoints,
 stops, and `--resume` continues the buffered trajectories from the checkpoint.
 
-Why trajectories are cut for sure: the sandbox runs one program at a time (agent.sandbox.max_concurrency 1), so the
-four trajectories of a step reach their final turn one after another; the group of the last one is still playing
-when the other group completes, and is aborted or stopped before its next turn.
+Why trajectories are cut: the sandbox runs one program at a time (agent.sandbox.max_concurrency 1), so a step's
+trajectories reach their final turn one after another, and from step 2 on a group taken from the buffer is closer
+to its end than a fresh one; the test asserts that the step-2 checkpoint holds a trajectory cut mid-way.
 """
 
 from __future__ import annotations
@@ -121,16 +121,15 @@ def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_sess
     killed = threading.Event()
     respond = AgentLoop.respond
 
-    async def kill_once_in_step_2(self: AgentLoop, trajectories: Any, turns: Any) -> Any:
-        """At the first model turn that ends after step 1 is recorded (step 2 continues step 1's cut trajectories
-        and starts fresh ones): the other trajectories' requests are in flight on the engine."""
-        trained = out / "trained_groups.jsonl"
-        if not killed.is_set() and trained.is_file() and trained.read_text().strip():
+    async def kill_once(self: AgentLoop, trajectories: Any, turns: Any) -> Any:
+        """At the first model turn that ends (step 1): the other trajectories' first turns are in flight on the
+        engine, and this one's tools are cut when the step fails (its turn is kept done, its tools run again)."""
+        if not killed.is_set():
             killed.set()
             started[-1].kill_engine(0)
         return await respond(self, trajectories, turns)
 
-    monkeypatch.setattr(AgentLoop, "respond", kill_once_in_step_2)
+    monkeypatch.setattr(AgentLoop, "respond", kill_once)
     batches: list[TrainBatch] = []
     make_batch = loop.make_batch
 
@@ -140,7 +139,7 @@ def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_sess
 
     monkeypatch.setattr(loop, "make_batch", spy_batch)
 
-    # run 1: steps 1-2, the actor killed mid-trajectory in step 2, checkpoints at both steps
+    # run 1: steps 1-2, the actor killed mid-trajectory in step 1, checkpoints at both steps
     first = loop.train(_cfg(tool_model, out, data, 2), progress=False)
     client = MlflowClient(first.tracking_uri)
     metrics = client.get_run(first.run_id).data.metrics
@@ -150,9 +149,9 @@ def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_sess
     assert max(rewards) > 0  # code_tests ran the answers' programs against the row's tests
     saved = ck.load_driver_state(out / "checkpoints" / "step_000002")
     assert saved.partial_buffer and all(isinstance(g, TrajectoryGroup) for g in saved.partial_buffer)
-    cut = {(t.sample.group_id, t.sample.sample_index) for g in saved.partial_buffer for t in g.trajectories
-           if not t.sample.is_finished}
-    assert cut, "no trajectory was cut at the step-2 checkpoint"
+    cut = {(t.sample.group_id, t.sample.sample_index): t.sample for g in saved.partial_buffer
+           for t in g.trajectories if not t.sample.is_finished}
+    assert any(s.num_response_tokens for s in cut.values()), "no trajectory was cut mid-way at the step-2 checkpoint"
     unfinished = {gid for gid, _ in cut}
     assert metrics["april/tokens_buffered"] == sum(g.group.num_response_tokens for g in saved.partial_buffer)
     assert metrics["april/tokens_generated"] == metrics["april/tokens_trained"] + metrics["april/tokens_buffered"]
@@ -170,6 +169,11 @@ def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_sess
         s.validate()
         assert s.is_finished and s.loss_mask[0] == 1 and s.loss_mask[-1] == 1
     resumed = [s for b in batches for s in b.samples if (s.group_id, s.sample_index) in cut]
-    for s in resumed:  # begun before the checkpoint, ended after the resume: model tokens of two policy versions
-        assert len({v for v, m in zip(s.policy_versions, s.loss_mask, strict=True) if m}) >= 2, s.policy_versions
+    for s in resumed:  # continued, not restarted: the checkpoint's tokens, then tokens of the resumed policy
+        before = cut[(s.group_id, s.sample_index)]
+        n = before.num_response_tokens
+        assert (s.response_token_ids[:n], s.loss_mask[:n], s.logp_behaviour[:n], s.policy_versions[:n]) == (
+            before.response_token_ids, before.loss_mask, before.logp_behaviour, before.policy_versions)
+        assert s.num_response_tokens > n
+        assert {v for v, m in zip(s.policy_versions[n:], s.loss_mask[n:], strict=True) if m} == {saved.policy_version}
     assert resumed or unfinished <= {g.group_id for g in later.partial_buffer}

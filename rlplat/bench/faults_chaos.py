@@ -77,7 +77,8 @@ def generation_calls(num_steps: int, eval_every: int) -> list[str]:
 
 def fault_points(num_points: int, seed: int, num_steps: int) -> list[FaultPoint]:
     """`num_points` kill points: the kinds in turn (rollout, train, sync, checkpoint, eval, ...), the targets in turn
-    from a seeded start, the step drawn from `seed`. Every kill comes after the first checkpoint, so a resumed run has one to start from."""
+    from a seeded start, the step drawn from `seed`. Every kill comes after the first checkpoint, so a resumed run
+    has one to start from."""
     rng = random.Random(seed)
     gens = generation_calls(num_steps, EVAL_EVERY)
     first = CHECKPOINT_EVERY + 1
@@ -173,17 +174,10 @@ def tagged(tag: str) -> list:
 
 
 def mapped_shm(procs: list) -> set[str]:
-    """The /dev/shm files (not yet unlinked) that `procs` have mapped or open."""
-    found: set[str] = set()
-    for p in procs:
-        try:
-            maps = Path(f"/proc/{p.pid}/maps").read_text()
-            found |= {line.split(maxsplit=5)[5] for line in maps.splitlines()
-                      if "/dev/shm/" in line and not line.endswith("(deleted)")}
-            found |= {f.path for f in p.open_files() if f.path.startswith("/dev/shm/")}
-        except (OSError, IndexError, Exception):  # psutil.Error: the process ended meanwhile
-            continue
-    return found
+    """The /dev/shm files (not yet unlinked) that `procs` have mapped."""
+    from rlplat.rollout.shm import mapped_segments
+
+    return mapped_segments([p.pid for p in procs])
 
 
 def train_args(model: Path, out: Path, num_steps: int, extra: list[str]) -> list[str]:

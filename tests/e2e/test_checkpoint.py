@@ -49,7 +49,8 @@ def test_resume_continues_run_and_data_order(ray_session, tiny_model_dir: Path, 
     assert [(m.step, m.value) for m in client.get_metric_history(second.run_id, RESUMED_METRIC)] == [(3, 2.0)]
 
     lines = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
-    assert [t.get("step", f"resumed from {t.get('resumed_from_step')}") for t in lines] == [1, 2, "resumed from 2", 3, 4]
+    assert [t.get("step", f"resumed from {t.get('resumed_from_step')}") for t in lines] == [
+        1, 2, "resumed from 2", 3, 4]
     trained = [t for t in lines if "step" in t]
     d = cfg.data
     cursor = EpochCursor(d.num_train_prompts, seed=d.seed, shuffle=d.shuffle)  # the run's prompt order, from step 1

@@ -349,7 +349,8 @@ class AgentLoop:
 
     def _wall_left(self, traj: Trajectory) -> float:
         """Seconds left of max_wall_s: time spent in earlier steps plus this one's (not time waiting between)."""
-        return self.budget.max_wall_s - traj.wall_s - (time.monotonic() - self._resumed[id(traj)])
+        now = time.monotonic()
+        return self.budget.max_wall_s - traj.wall_s - (now - self._resumed.get(id(traj), now))
 
 
 def agent_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:

@@ -295,6 +295,11 @@ def checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted((s, p) for s, p in found if s is not None)
 
 
+def written_at_ms(path: Path) -> int:
+    """When checkpoint `path` was committed (its manifest is written last), in ms since the epoch."""
+    return int((path / MANIFEST).stat().st_mtime * 1000)
+
+
 def latest(root: Path) -> Path | None:
     """The newest checkpoint by step that has a manifest (not verified: `find_resumable` checks its files)."""
     for _, path in reversed(checkpoints(root)):
@@ -370,8 +375,8 @@ def check_fresh_start(root: Path) -> None:
     found = checkpoints(root)
     if found:
         raise ValueError(f"output dir {root.parent} holds checkpoints up to step {found[-1][0]} of an earlier run; "
-                         f"pass --resume to continue it, --start-over to move them aside, or choose another experiment.name "
-                         f"/ output dir")
+                         "pass --resume to continue it, --start-over to move them aside, or choose another "
+                         "experiment.name / output dir")
 
 
 def move_aside(root: Path) -> Path | None:

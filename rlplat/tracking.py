@@ -71,10 +71,11 @@ class Tracker:
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.log_text(dump_yaml(cfg), "spec/resolved.yaml")
 
-    def rewind(self, checkpoint_step: int) -> None:
-        """Continue after `checkpoint_step`: the steps logged after it (a run killed between checkpoints) are
-        removed, since the resumed run logs them again, and the resume is marked (RESUMED_TAG, RESUMED_METRIC)."""
-        removed = delete_metrics_after(self.uri, self.run_id, checkpoint_step)
+    def rewind(self, checkpoint_step: int, written_at_ms: int | None = None) -> None:
+        """Continue after `checkpoint_step` (written at `written_at_ms`): what the killed run logged after it (later
+        steps; the final evaluation of the checkpoint's own step) is removed, since the resumed run logs it again,
+        and the resume is marked (RESUMED_TAG, RESUMED_METRIC)."""
+        removed = delete_metrics_after(self.uri, self.run_id, checkpoint_step, after_ms=written_at_ms)
         if removed is None:
             log.warning("resume: the tracking store %s keeps the metrics of steps after %d; the resumed steps are "
                         "logged a second time (only the SQLite store can drop them)", self.uri, checkpoint_step)
@@ -153,13 +154,15 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def delete_metrics_after(tracking_uri: str, run_id: str, step: int, *, keep_prefixes: tuple[str, ...] = ("system/",)
-                         ) -> int | None:
-    """Delete run `run_id`'s metric rows with a step above `step`; returns how many, or None (nothing deleted) when
-    the store is not SQLite.
+def delete_metrics_after(tracking_uri: str, run_id: str, step: int, *, after_ms: int | None = None,
+                         keep_prefixes: tuple[str, ...] = ("system/",)) -> int | None:
+    """Delete run `run_id`'s metric rows with a step above `step`, or logged after `after_ms` (ms since the epoch,
+    when given); returns how many, or None (nothing deleted) when the store is not SQLite.
 
     Why: a run killed at step 12 whose last checkpoint is step 10 logged steps 11-12; the resumed run logs them
-    again, and MLflow keeps both rows (a metric row is keyed by timestamp too). MLflow has no public API to delete
+    again, and MLflow keeps both rows (a metric row is keyed by timestamp too). A run killed after its last
+    checkpoint, during the final evaluation, logged some of it at the checkpoint's own step: `after_ms` (when the
+    checkpoint was written) catches those. MLflow has no public API to delete
     metrics, so this goes through MLflow's own SQLAlchemy store and ORM models (`metrics` and `latest_metrics`),
     in one transaction: the rows go, and each affected key's latest value is recomputed by MLflow's rule (the
     greatest (step, timestamp, value)), or removed when no row of that key is left. Keys under `keep_prefixes`
@@ -172,7 +175,8 @@ def delete_metrics_after(tracking_uri: str, run_id: str, step: int, *, keep_pref
     from sqlalchemy import and_, not_, or_
 
     kept = or_(*(SqlMetric.key.startswith(p) for p in keep_prefixes)) if keep_prefixes else None
-    later = and_(SqlMetric.run_uuid == run_id, SqlMetric.step > step, *([not_(kept)] if kept is not None else []))
+    after = SqlMetric.step > step if after_ms is None else or_(SqlMetric.step > step, SqlMetric.timestamp > after_ms)
+    later = and_(SqlMetric.run_uuid == run_id, after, *([not_(kept)] if kept is not None else []))
     artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"  # as Tracker creates it
     store = SqlAlchemyStore(tracking_uri, default_artifact_root=str(artifacts))
     with store.ManagedSessionMaker(read_only=False) as session:

@@ -69,7 +69,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
         version, start_step = 0, 1
         if resumed:
             version = rs.restore_checkpoint(resumed, workers, rollout, replay)
-            rs.rewind_to_checkpoint(cfg, tracker, resumed[1])  # steps after the checkpoint: logged once, not twice
+            rs.rewind_to_checkpoint(cfg, tracker, resumed)  # steps after the checkpoint: logged once, not twice
             start_step = resumed[1].step + 1
         else:
             log_eval(cfg, tracker, 0, evaluate_policy(cfg, workers, env, inputs), inputs)

@@ -208,11 +208,12 @@ def restore_checkpoint(resumed: Resumed, workers: Workers, rollout: Rollout, rep
     return state.policy_version
 
 
-def rewind_to_checkpoint(cfg: RunConfig, tracker: Tracker, state: ck.DriverState) -> None:
-    """A resumed run goes on from the checkpoint's step, so whatever was logged after it (by a run killed between
-    two checkpoints) is removed: the resumed run logs those steps again and every step appears once. The resume is
-    marked in MLflow (`Tracker.rewind`) and in trained_groups.jsonl (`rewind_trained`)."""
-    tracker.rewind(state.step)
+def rewind_to_checkpoint(cfg: RunConfig, tracker: Tracker, resumed: Resumed) -> None:
+    """A resumed run goes on from the checkpoint, so whatever was logged after it (by a run killed between two
+    checkpoints, or during the final evaluation) is removed: the resumed run logs it again and every step appears
+    once. The resume is marked in MLflow (`Tracker.rewind`) and in trained_groups.jsonl (`rewind_trained`)."""
+    path, state = resumed
+    tracker.rewind(state.step, written_at_ms=ck.written_at_ms(path))
     rewind_trained(cfg.output_dir / TRAINED_GROUPS, state.step)
 
 

@@ -3,6 +3,7 @@ steps it logs again and marks itself, and a failed resume leaves a finished run 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -100,3 +101,22 @@ def test_other_stores_keep_their_rows() -> None:
     """Only the SQLite store can drop rows (through MLflow's ORM); for any other store nothing is touched."""
     assert delete_metrics_after("http://127.0.0.1:1", "r", 3) is None
     assert delete_metrics_after("file:///nowhere/mlruns", "r", 3) is None
+
+
+def test_rewind_also_drops_what_was_logged_at_the_checkpoint_step_after_it_was_written(tmp_path: Path) -> None:
+    """Killed during the final evaluation, after the last step's checkpoint: its eval rows at that step go too."""
+    cfg = _cfg(tmp_path)
+    first = Tracker(cfg)
+    first.log_metrics(2, {"loss/policy": 2.0})
+    time.sleep(0.01)
+    written_at_ms = int(time.time() * 1000)
+    time.sleep(0.01)
+    first.log_metrics(2, {"eval/exact_match": 0.5})
+    first.finish("FAILED")
+    resumed = Tracker(cfg, run_id=first.run_id)
+    resumed.rewind(2, written_at_ms=written_at_ms)
+    resumed.log_metrics(2, {"eval/exact_match": 0.5})
+    resumed.finish()
+    client = MlflowClient(first.uri)
+    assert _history(client, first.run_id, "eval/exact_match") == [(2, 0.5)]
+    assert _history(client, first.run_id, "loss/policy") == [(2, 2.0)]

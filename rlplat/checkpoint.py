@@ -77,6 +77,7 @@ class DriverState:
     counters: dict[str, float] = field(default_factory=dict)
     replay: dict[str, Any] = field(default_factory=dict)  # ReMix replay buffer (groups of past versions, RNGs)
     rng: dict[str, Any] = field(default_factory=dict)
+    probe_token_ids: list[int] = field(default_factory=list)  # the final weight check's tokens (driver.loop)
 
 
 def rng_state() -> dict[str, Any]:

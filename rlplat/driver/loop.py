@@ -76,6 +76,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
         producer = start_producer(cfg, experience, first_batch=start_step - 1,
                                   restored=resumed[1].store_groups if resumed else [])
         groups: list[Group] = []
+        probe = resumed[1].probe_token_ids if resumed else []  # resumed after its last step: no batch to probe
         for step in tqdm(range(start_step, cfg.experiment.num_steps + 1), desc="train", disable=not progress):
             t0 = time.perf_counter()
             groups, metrics = producer.next_batch() if producer else experience.produce(step - 1, version)
@@ -101,16 +102,18 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
                         "time/weight_sync_s": t4 - t3, "time/step_s": t4 - t0,
                         "perf/train_tokens_per_s": batch.num_tokens / max(t3 - t2, 1e-9)}
             log_step(cfg, tracker, step, metrics, groups, inputs.tokens)
+            probe = weight_probe(groups) or probe
             every, last = cfg.checkpoint.every_steps, cfg.experiment.num_steps
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < last:  # the last: finish_run
                 log_eval(cfg, tracker, step, evaluate_policy(cfg, workers, env, inputs), inputs)
             if every and (step % every == 0 or step == last):
                 try:
-                    rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay)
+                    rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay,
+                                       probe)
                 except ActorDied as e:
                     raise learner_failed(cfg, step, "its checkpoint save", e) from e
         stop(producer)
-        finish_run(cfg, workers, tracker, env, inputs, groups)
+        finish_run(cfg, workers, tracker, env, inputs, probe)
         status = "FINISHED"
     finally:
         teardown(status, tracker, workers, producer, env, rollout)
@@ -145,14 +148,13 @@ def log_eval(cfg: RunConfig, tracker: Tracker, step: int, evaluation: Evaluation
 
 
 def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv | None, inputs: rs.RunInputs,
-               last_groups: list[Group]) -> None:
+               probe_token_ids: list[int]) -> None:
     """After the last step: final evaluation, a check that the engines hold the learner's weights, the final
     policy saved to output_dir/final_model and registered in MLflow with the final metrics, the reward curve."""
     last = cfg.experiment.num_steps
     log_eval(cfg, tracker, last, evaluate_policy(cfg, workers, env, inputs), inputs)
-    if last_groups:
-        probe = last_groups[0].samples[0]
-        tracker.log_metrics(last, workers.verify(probe.prompt_token_ids + probe.response_token_ids))
+    if probe_token_ids:
+        tracker.log_metrics(last, workers.verify(probe_token_ids))
     final_dir = cfg.output_dir / "final_model"
     workers.save_model(final_dir)
     if not (final_dir / "adapter_config.json").exists():  # full weights: a directory vLLM or `rlplat sft` can load
@@ -161,6 +163,14 @@ def finish_run(cfg: RunConfig, workers: Workers, tracker: Tracker, env: TextEnv 
     final_metrics = {k: v[-1][1] for k, v in tracker.history.items() if k.startswith(("eval/", "rollout/reward"))}
     tracker.register_model(final_dir, cfg.tracking.registered_model_name or cfg.experiment.name, final_metrics)
     tracker.log_reward_curve()
+
+
+def weight_probe(groups: list[Group]) -> list[int]:
+    """The token ids of the final weight check: the first sample of the last trained batch (kept in checkpoints)."""
+    if not groups:
+        return []
+    sample = groups[0].samples[0]
+    return sample.prompt_token_ids + sample.response_token_ids
 
 
 def stop(producer: Producer | None) -> None:

@@ -176,7 +176,8 @@ def check_fresh_start(cfg: RunConfig) -> None:
 
 
 def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, workers: Workers, cursor: EpochCursor,
-                    rollout: Rollout, producer: Producer | None, replay: ReplayBuffer) -> Path:
+                    rollout: Rollout, producer: Producer | None, replay: ReplayBuffer,
+                    probe_token_ids: list[int]) -> Path:
     """Everything needed to continue exactly: learner state, data cursor, APRIL buffer, store contents, RNG."""
     root = ck.checkpoint_root(cfg.output_dir)
     if producer:
@@ -187,7 +188,7 @@ def save_checkpoint(cfg: RunConfig, step: int, version: int, run_id: str, worker
         state = ck.DriverState(step=step, policy_version=version, run_id=run_id, cursor=cursor.state(),
                                partial_buffer=rollout.state(),
                                store_groups=producer.store.snapshot() if producer else [], rng=ck.rng_state(),
-                               replay=replay.state())
+                               replay=replay.state(), probe_token_ids=probe_token_ids)
         return ck.commit(root, tmp, state, dump_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
     finally:
         if producer:

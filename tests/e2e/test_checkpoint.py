@@ -82,7 +82,9 @@ def test_resume_with_nonempty_store_and_partial_buffer(ray_session, tiny_model_d
     assert versions == [1, 2, 3, 4]
     # every step, restored batches included, has its batch's reward statistics
     assert [m.step for m in client.get_metric_history(second.run_id, "rollout/reward_mean")] == [1, 2, 3, 4]
-    trained = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
+    trained = [t for t in lines if "group_ids" in t]
+    assert [t["resumed_from_step"] for t in lines if "resumed_from_step" in t] == [2]  # the resume marker
     group_ids = [g for t in trained for g in t["group_ids"]]
     assert len(group_ids) == len(set(group_ids)), "a group was trained twice"
     restored_ids = {g.group_id for g in saved.store_groups}

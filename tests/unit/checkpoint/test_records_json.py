@@ -104,14 +104,15 @@ def test_driver_state_with_every_field_set_survives_a_checkpoint(tmp_path: Path)
     episodes = EpisodeGroup(group_id=4, seed=11, episodes=[_filled(Episode)])
     state = ck.DriverState(step=9, policy_version=8, run_id="run-1", cursor={"epoch": 1, "position": 5},
                            partial_buffer=[groups[0], episodes], store_groups=groups[1:], counters={"tokens": 12.5},
-                           replay=replay.state(), rng=ck.rng_state())
+                           replay=replay.state(), rng=ck.rng_state(), probe_token_ids=[5, 9, 2])
     expected_draw = (random.random(), np.random.rand(), torch.rand(2).tolist())
     root = tmp_path / "checkpoints"
     tmp = ck.begin(root, 9)
     (tmp / "learner").mkdir()
     torch.save({"model": {}}, tmp / ck.LEARNER_STATE)
     back = ck.load_driver_state(ck.commit(root, tmp, state, "", keep_last=2))
-    for f in ("step", "policy_version", "run_id", "cursor", "partial_buffer", "store_groups", "counters"):
+    for f in ("step", "policy_version", "run_id", "cursor", "partial_buffer", "store_groups", "counters",
+              "probe_token_ids"):
         assert getattr(back, f) == getattr(state, f), f
     assert type(back.partial_buffer[1]) is EpisodeGroup
     ck.set_rng_state(back.rng)

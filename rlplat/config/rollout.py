@@ -20,6 +20,11 @@ class PartialRolloutConfig:
         check(self.max_age_in_versions >= 0, "max_age_in_versions must be >= 0")
 
 
+# A sanity bound, not a capacity: peers' largest recipes use ~10^4 samples per step; 10^12 is a typo that would
+# otherwise allocate the whole step's prompt list before anything says no.
+MAX_SAMPLES_PER_STEP = 1_000_000
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RolloutConfig:
     num_prompts_per_step: int = 16  # groups per training step (N)
@@ -50,6 +55,9 @@ class RolloutConfig:
         for name in ("num_prompts_per_step", "num_samples_per_prompt", "max_new_tokens", "num_workers", "max_num_seqs",
                      "stream_interval", "tensor_parallel_size"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        samples = self.num_prompts_per_step * self.num_samples_per_prompt
+        check(samples <= MAX_SAMPLES_PER_STEP, f"num_prompts_per_step x num_samples_per_prompt = {samples:,} samples "
+              f"per step; at most {MAX_SAMPLES_PER_STEP:,} (a typo? large batches are tens of thousands)")
         check(self.temperature > 0, "temperature must be > 0")
         check(0 < self.top_p <= 1, "top_p must be in (0, 1]")
         check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]")

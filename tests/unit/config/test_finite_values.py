@@ -34,3 +34,10 @@ def test_in_a_spec_file_through_the_cli_it_is_exit_2(tmp_path: Path, capsys) -> 
     assert main(["train", str(spec), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"rlplat: error: {spec}: learner.lr: expected a finite number, got inf"]
+
+
+def test_an_absurd_batch_is_refused_with_its_size() -> None:
+    with pytest.raises(ConfigError, match=r"1,000,000,000,000 samples per step; at most 1,000,000"):
+        load_config(DEMO, ["rollout.num_prompts_per_step=1000000000000", "rollout.num_samples_per_prompt=1"])
+    cfg = load_config(DEMO, ["rollout.num_prompts_per_step=1024", "rollout.num_samples_per_prompt=16"])
+    assert cfg.rollout.num_prompts_per_step * cfg.rollout.num_samples_per_prompt == 16384  # a large real batch

@@ -1,1 +1,2 @@
-"""Rollout: the vLLM engine wrapper, in-place weight sync and (later) APRIL partial rollouts. Only this package imports vllm."""
+"""Rollout: the vLLM engine wrapper, in-place weight sync and APRIL partial rollouts. Only this package imports
+vllm."""

@@ -11,9 +11,12 @@ import asyncio
 import itertools
 import math
 import os
+import shutil
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
+from rlplat.rollout.sockets import private_socket_dir
 from rlplat.types import FinishReason, Sample, SamplingOptions
 
 
@@ -55,6 +58,7 @@ class RolloutEngine:
         self._ids = itertools.count()
         self._inflight: set[str] = set()
         self.loaded_version: int | None = None  # policy version of the weights last loaded with a version
+        self.socket_dir: Path | None = None  # vLLM's IPC sockets (rollout/sockets.py), removed at shutdown
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -83,6 +87,7 @@ class RolloutEngine:
                 in_engine_core_process()
             if o.cpu_kv_cache_gib > 0:
                 args.kv_cache_memory_bytes = int(o.cpu_kv_cache_gib * 2**30)
+        self.socket_dir = private_socket_dir()
         self.engine = AsyncLLM.from_engine_args(args)
 
     async def generate(self, samples: list[Sample], sampling: SamplingOptions, policy_version: int) -> list[Sample]:
@@ -205,6 +210,9 @@ class RolloutEngine:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
 
 
 def request_seed(base: int, sample: Sample) -> int:

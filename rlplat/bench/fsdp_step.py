@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rlplat.bench.learner import QWEN25_05B, SMALL, make_batch, write_model
+from rlplat.bench.learner import QWEN25_05B, SMALL, make_batch, timed_steps, write_model
 
 
 def _free_port() -> int:
@@ -45,15 +45,7 @@ def run(model_dir: str, batch, *, sharded: bool, budget: int, steps: int, dtype:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     learner.train_step(batch)  # warm-up
     sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        metrics = learner.train_step(batch)
-        sync()
-        times.append(time.perf_counter() - t0)
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    times, metrics, peak_gib = timed_steps(learner, batch, steps)
     base = torch.cuda.memory_allocated() if cuda else 0
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -35,10 +35,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlplat.bench.common import emit_headline, machine_description, print_table
+
+if TYPE_CHECKING:
+    from rlplat.learners.policy import PolicyLearner
+    from rlplat.types import TrainBatch
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -148,15 +153,7 @@ def measure(model_dir: str, batch, *, budget: int, variant: Variant, steps: int,
     learner.train_step(batch)  # warm-up: allocator, kernels, compilation
     sync()
     warmup = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        metrics = learner.train_step(batch)
-        sync()
-        times.append(time.perf_counter() - t0)
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    times, metrics, peak_gib = timed_steps(learner, batch, steps)
     if profile:
         _profile_step(learner, batch)
     del learner
@@ -252,6 +249,22 @@ def run_variants(model_dir: str, batch, args: argparse.Namespace, budgets: list[
             results.append({"variant": name, "budget": budget, **r})
             print(json.dumps(results[-1]), flush=True)
     return results
+
+
+def timed_steps(learner: PolicyLearner, batch: TrainBatch, steps: int) -> tuple[list[float], dict[str, float], float]:
+    """`steps` timed learner steps after the warm-up: seconds of each, the last step's metrics, and the peak GPU
+    memory of those steps in GiB (NaN on CPU)."""
+    cuda = learner.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times, metrics = [], {}
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        metrics = learner.train_step(batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, metrics, torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
 
 
 def _profile_step(learner, batch) -> None:  # learner: PolicyLearner

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from rlplat.agents.loop import AgentBudget, AgentLoop, ChatTokenizer
 from rlplat.agents.tool_calls import get_parser
 from rlplat.agents.tools import build_toolset
-from rlplat.config import AgentConfig, SandboxConfig
+from rlplat.config import AgentConfig, RunConfig, SandboxConfig
+from rlplat.models import max_context_length
 from rlplat.sandbox import Sandbox, SandboxLimits
 
 
@@ -44,3 +45,11 @@ def build_agent_loop(cfg: AgentConfig, tokenizer: ChatTokenizer, *, max_response
     return AgentLoop(tokenizer, tools, parser=get_parser(cfg.tool_call_format),
                      budget=agent_budget(cfg, max_response_tokens=max_response_tokens,
                                          max_context_tokens=max_context_tokens))
+
+
+def build_agent(cfg: RunConfig, tokenizer: ChatTokenizer) -> tuple[AgentLoop, Sandbox]:
+    """The run's agent loop (training rollouts and evaluation alike) and its sandbox, which the caller closes."""
+    sandbox = build_sandbox(cfg.agent.sandbox, output_dir=cfg.output_dir)
+    agent = build_agent_loop(cfg.agent, tokenizer, max_response_tokens=cfg.rollout.max_new_tokens,
+                             max_context_tokens=max_context_length(cfg.model.path), sandbox=sandbox)
+    return agent, sandbox

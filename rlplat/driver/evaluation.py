@@ -1,7 +1,9 @@
 """Evaluation: greedy metrics during training, and `rlplat eval` on a saved policy.
 
 Prompt runs score the eval prompts (data.eval_files, or the digit task's eval split) greedily with the spec's reward,
-and with eval.num_samples = k > 1 also k sampled responses per prompt (mean@k, pass@k). Env runs play one greedy
+and with eval.num_samples = k > 1 also k sampled responses per prompt (mean@k, pass@k). With agent.tools, each
+response is a trajectory played with the tools, as in training, and the greedy pass logs its agent metrics
+(eval/agent/tool_use_rate, ...). Env runs play one greedy
 episode from each of env.num_envs held-out seeds (2**30 + env.seed + i; training seeds count up from env.seed).
 `rlplat eval` runs the same code on a saved policy.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlplat.actors.env import make_env
+from rlplat.agents.spec import build_agent
 from rlplat.algos.pass_at_k import mean_at_k, pass_at_k_from_rewards
 from rlplat.config import RunConfig
 from rlplat.driver.experience import RolloutOptions, Tokens, reward_inputs, sample_rows, score
@@ -60,22 +63,40 @@ def evaluate_prompts(cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: 
     and per-position accuracy against the `answer` column when the data has one; with num_samples = k > 1 also
     k sampled responses per prompt: eval/mean_at_k, eval/pass_at_k (reward >= 1 counts as correct)."""
     ids = list(range(len(prompts)))
-    greedy = workers.generate(prompts.groups(ids, 1, first_group_id=-len(ids) - 1),
-                              SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0), -1)
+    greedy, metrics = respond(cfg, workers, tokens, prompts, ids, 1, -len(ids) - 1,
+                              SamplingOptions(max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0))
     score(cfg, greedy, tokens, prompts)
     samples = [g.samples[0] for g in greedy]
-    metrics = {"eval/reward_mean": sum(s.reward or 0.0 for s in samples) / len(samples),
-               "eval/response_length_mean": sum(s.num_response_tokens for s in samples) / len(samples)}
+    metrics |= {"eval/reward_mean": sum(s.reward or 0.0 for s in samples) / len(samples),
+                "eval/response_length_mean": sum(s.num_response_tokens for s in samples) / len(samples)}
     if all(prompts.answer(i) for i in ids):
         inputs = reward_inputs(samples, tokens, prompts)
         metrics |= {"eval/exact_match": float(exact_match(inputs).mean()),
                     "eval/digit_accuracy": float(digit_accuracy(inputs).mean())}
     if num_samples > 1:
-        groups = workers.generate(prompts.groups(ids, num_samples, first_group_id=-2 * len(ids) - 1),
-                                  RolloutOptions.from_spec(cfg).sampling, -1)
+        groups, _ = respond(cfg, workers, tokens, prompts, ids, num_samples, -2 * len(ids) - 1,
+                            RolloutOptions.from_spec(cfg).sampling)
         score(cfg, groups, tokens, prompts)
         metrics |= sampled_eval_metrics(groups)
     return Evaluation(metrics, greedy)
+
+
+def respond(cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: PromptSet, ids: list[int], num_samples: int,
+            first_group_id: int, sampling: SamplingOptions) -> tuple[list[Group], dict[str, float]]:
+    """`num_samples` responses to each prompt (policy version -1: not trained on): one request each, or with
+    agent.tools a trajectory each, played with the tools in a sandbox of its own (closed after), and the agent
+    metrics as eval/agent/..."""
+    if not cfg.agent.tools:
+        return workers.generate(prompts.groups(ids, num_samples, first_group_id=first_group_id), sampling, -1), {}
+    agent, sandbox = build_agent(cfg, tokens.tok)
+    try:
+        batch = asyncio.run(agent.play_groups(
+            [prompts.messages(i, cfg.data.system_prompt) for i in ids], workers.engines(),
+            num_samples_per_prompt=num_samples, first_group_id=first_group_id, sampling=sampling, policy_version=-1,
+            prompt_ids=ids, answers=[prompts.answer(i) for i in ids]))
+    finally:
+        sandbox.close()
+    return batch.groups, {f"eval/{k}": v for k, v in batch.metrics.items() if k.startswith("agent/")}
 
 
 def log_evaluation(tracker: Tracker, step: int, evaluation: Evaluation, tokens: Tokens, num_rows: int,

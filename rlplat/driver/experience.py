@@ -234,13 +234,11 @@ class AgentTrajectories(PromptBatches):
     def __init__(self, cfg: RunConfig, workers: Workers, cursor: EpochCursor, prompts: PromptSet,
                  tokens: Tokens) -> None:
         from rlplat.agents.april import AgentAprilManager
-        from rlplat.agents.spec import build_agent_loop, build_sandbox
+        from rlplat.agents.spec import build_agent
 
         super().__init__(RolloutOptions.from_spec(cfg), workers, cursor, prompts)
         self.system_prompt = cfg.data.system_prompt
-        self.sandbox = build_sandbox(cfg.agent.sandbox, output_dir=cfg.output_dir)
-        self.agent = build_agent_loop(cfg.agent, tokens.tok, max_response_tokens=cfg.rollout.max_new_tokens,
-                                      max_context_tokens=max_context_length(cfg.model.path), sandbox=self.sandbox)
+        self.agent, self.sandbox = build_agent(cfg, tokens.tok)
         partial = cfg.rollout.partial
         self.april = AgentAprilManager(self.agent, over_provision=partial.over_provision,
                                        max_age_in_versions=partial.max_age_in_versions) if partial.enabled else None
@@ -273,9 +271,7 @@ class AgentTrajectories(PromptBatches):
         return self.workers.retrying(version, attempt, "its trajectories continue where they stopped")
 
     def _start_groups(self, ids: list[int], first_id: int) -> list[TrajectoryGroup]:
-        from rlplat.data.chat import as_messages
-
-        messages = [as_messages(self.prompts.rows[i].prompt, self.system_prompt) for i in ids]
+        messages = [self.prompts.messages(i, self.system_prompt) for i in ids]
         return self.agent.start_groups(messages, num_samples_per_prompt=self.opts.group_size, first_group_id=first_id,
                                        prompt_ids=ids, answers=[self.prompts.answer(i) for i in ids])
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlplat.config import ConfigError, RunConfig
+from rlplat.data.chat import as_messages
 from rlplat.data.datasets import Row, TokenizedPrompts, load_prompts, rows_from_records, tokenize_prompts
 from rlplat.data.generators import records_from_problems
 from rlplat.envs.tasks import make_split
@@ -38,6 +39,10 @@ class PromptSet:
         """The `answer` column as text ('' when the data has none): what the digit rewards compare with."""
         answer = self.rows[prompt_id].columns.get("answer")
         return "" if answer is None else str(answer)
+
+    def messages(self, prompt_id: int, system_prompt: str | None) -> list[dict[str, Any]]:
+        """The row's prompt as chat messages (what the agent loop renders with its tools), system prompt first."""
+        return as_messages(self.rows[prompt_id].prompt, system_prompt)
 
     def groups(self, prompt_ids: list[int], num_samples: int, first_group_id: int) -> list[Group]:
         """One group of `num_samples` empty samples per prompt id, group ids counting up from first_group_id."""

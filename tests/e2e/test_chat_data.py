@@ -132,6 +132,8 @@ def test_tool_calling_trajectories_train(ray_session, chat_model: Path, tmp_path
     metrics = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
     for key in ("agent/turns_mean", "agent/tool_calls_mean", "agent/malformed_calls", "time/tools_s"):
         assert key in metrics, key
+    assert metrics["eval/agent/num_trajectories"] == 4  # evaluation plays the 4 test prompts with the tools too
+    assert 0.0 <= metrics["eval/agent/tool_use_rate"] <= 1.0 and "eval/reward_mean" in metrics
     for s in (s for b in batches for s in b.samples):
         s.validate()
         assert s.loss_mask[0] == 1 and s.loss_mask[-1] == 1  # a model turn opens and closes every response

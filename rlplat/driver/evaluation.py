@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlplat.actors.env import make_env
+from rlplat.agents.loop import AgentBatch
 from rlplat.agents.spec import build_agent
 from rlplat.algos.pass_at_k import mean_at_k, pass_at_k_from_rewards
 from rlplat.config import RunConfig
@@ -85,15 +86,20 @@ def respond(cfg: RunConfig, workers: Workers, tokens: Tokens, prompts: PromptSet
             first_group_id: int, sampling: SamplingOptions) -> tuple[list[Group], dict[str, float]]:
     """`num_samples` responses to each prompt (policy version -1: not trained on): one request each, or with
     agent.tools a trajectory each, played with the tools in a sandbox of its own (closed after), and the agent
-    metrics as eval/agent/..."""
+    metrics as eval/agent/... A rollout actor that dies meanwhile is restarted and the trajectories are played
+    again from their prompts, as `Workers.generate` issues its requests again."""
     if not cfg.agent.tools:
         return workers.generate(prompts.groups(ids, num_samples, first_group_id=first_group_id), sampling, -1), {}
     agent, sandbox = build_agent(cfg, tokens.tok)
+    messages = [prompts.messages(i, cfg.data.system_prompt) for i in ids]
+
+    def attempt(_: int) -> AgentBatch:
+        return asyncio.run(agent.play_groups(
+            messages, workers.engines(), num_samples_per_prompt=num_samples, first_group_id=first_group_id,
+            sampling=sampling, policy_version=-1, prompt_ids=ids, answers=[prompts.answer(i) for i in ids]))
+
     try:
-        batch = asyncio.run(agent.play_groups(
-            [prompts.messages(i, cfg.data.system_prompt) for i in ids], workers.engines(),
-            num_samples_per_prompt=num_samples, first_group_id=first_group_id, sampling=sampling, policy_version=-1,
-            prompt_ids=ids, answers=[prompts.answer(i) for i in ids]))
+        batch = workers.retrying(-1, attempt, "the evaluation's trajectories are played again")
     finally:
         sandbox.close()
     return batch.groups, {f"eval/{k}": v for k, v in batch.metrics.items() if k.startswith("agent/")}

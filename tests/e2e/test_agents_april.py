@@ -4,9 +4,9 @@ block) trains with the `code_tests` reward; a step stops at N complete groups an
 in the partial buffer; a rollout actor is killed in the middle of step 1's trajectories; the run checkpoints,
 stops, and `--resume` continues the buffered trajectories from the checkpoint.
 
-Why trajectories are cut: the sandbox runs one program at a time (agent.sandbox.max_concurrency 1), so a step's
-trajectories reach their final turn one after another, and from step 2 on a group taken from the buffer is closer
-to its end than a fresh one; the test asserts that the step-2 checkpoint holds a trajectory cut mid-way.
+Why trajectories are cut: each step the tools of every group but the first to reach them are held back 3 s, so
+that group completes first and APRIL stops the step with the others mid-trajectory; the test asserts that the step-2
+checkpoint holds a trajectory cut mid-way.
 """
 
 from __future__ import annotations
@@ -91,12 +91,14 @@ def _write_data(out: Path) -> Path:
 def _cfg(model: Path, out: Path, data: Path, num_steps: int):
     return load_config(ROOT / "configs/smoke/grpo.yaml", [
         *smoke_overrides(model, out), f"experiment.num_steps={num_steps}", f"data.train_files=[{data}]",
-        f"data.eval_files=[{data}]", "data.prompt_key=messages", "reward.terms=[{name: code_tests}]",
+        "data.prompt_key=messages", "reward.terms=[{name: code_tests}]",
         "agent.tools=[python]", "agent.max_turns=3", "agent.max_new_tokens_per_turn=96",
         "agent.sandbox.max_concurrency=1", "rollout.max_new_tokens=256", "rollout.temperature=0.3",
         "rollout.num_prompts_per_step=1", "rollout.num_samples_per_prompt=2", "rollout.partial.enabled=true",
-        "rollout.partial.over_provision=2.0", "checkpoint.every_steps=1", "eval.num_samples=1",
-        "learner.lr=1.0e-5"])  # the test is about the trajectories; a small step keeps the memorised behaviour
+        "rollout.partial.over_provision=2.0", "checkpoint.every_steps=1",
+        # the test is about the trajectories; a small step keeps the memorised behaviour. No eval_files: no
+        # evaluation, which would play trajectories too (before step 1, where the actor is to be killed)
+        "learner.lr=1.0e-5"])
 
 
 def _trained(out: Path) -> dict[int, list[int]]:
@@ -120,16 +122,23 @@ def test_tool_trajectories_with_april_survive_a_killed_actor_and_resume(ray_sess
     monkeypatch.setattr(Workers, "start", classmethod(spy_start))
     killed = threading.Event()
     respond = AgentLoop.respond
+    leaders: dict[int, int] = {}  # policy version (one per step) -> the group whose tool turn came first
 
-    async def kill_once(self: AgentLoop, trajectories: Any, turns: Any) -> Any:
-        """At the first model turn that ends (step 1): the other trajectories' first turns are in flight on the
-        engine, and this one's tools are cut when the step fails (its turn is kept done, its tools run again)."""
+    async def kill_once_and_hold_back(self: AgentLoop, trajectories: Any, turns: Any) -> Any:
+        """At the first model turn that ends (step 1) the engine is killed: the other trajectories' first turns are
+        in flight on it, and this one's tools are cut when the step fails (its turn is kept done, its tools run
+        again). Every step, the tools of groups other than the first to reach them take 3 s longer, so that group
+        completes first and APRIL cuts the others mid-trajectory (without it, the cut depends on timing)."""
         if not killed.is_set():
             killed.set()
             started[-1].kill_engine(0)
+        for traj in trajectories:
+            leader = leaders.setdefault(max(traj.sample.policy_versions), traj.sample.group_id)
+            if traj.sample.group_id != leader:
+                await asyncio.sleep(3.0)
         return await respond(self, trajectories, turns)
 
-    monkeypatch.setattr(AgentLoop, "respond", kill_once)
+    monkeypatch.setattr(AgentLoop, "respond", kill_once_and_hold_back)
     batches: list[TrainBatch] = []
     make_batch = loop.make_batch
 

@@ -71,3 +71,12 @@ def started_rollout_actor(ray, model_dir: Path, max_model_len: int):
             ray.get(handle.shutdown.remote(), timeout=30)
         finally:
             ray.kill(handle)
+
+
+def assert_logps_close(generated: list[float], scored: list[float]) -> None:
+    """Behaviour log-probs vs the engine scoring the same ids alone. vLLM's CPU kernels give a sequence generated in
+    a batch and scored alone log-probs that differ now and then by a few 1e-2 in fp32 (seen on this machine with the
+    code of an earlier, passing CI run too), so: the typical token within 2e-3, none beyond 0.1. Tokens from the
+    wrong weights would be off by far more: the tests' weight perturbations are 0.2 standard deviations."""
+    diffs = sorted(abs(a - b) for a, b in zip(generated, scored, strict=True))
+    assert diffs and diffs[len(diffs) // 2] < 2e-3 and diffs[-1] < 0.1, (diffs[len(diffs) // 2], diffs[-1])

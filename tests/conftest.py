@@ -58,11 +58,16 @@ def smoke_overrides(model_dir: Path, out_dir: Path, **extra: object) -> list[str
 
 @contextlib.contextmanager
 def started_rollout_actor(ray, model_dir: Path, max_model_len: int):
-    """A RolloutActor serving model_dir with its engine started; shut down and killed afterwards."""
+    """A RolloutActor serving model_dir with its engine started; shut down and killed afterwards. In float32, as
+    runs serve the tiny model (model.dtype); vLLM's "auto" would serve an fp32 checkpoint in bf16 on CPU, a
+    different kernel path: the engine core of such a bf16 test engine died natively (no Python trace) at its first
+    generation in tests/e2e/test_envs.py three times (twice with vLLM's in-process executor, once in CI with the
+    multiprocess one); no fp32 engine of a run ever did."""
     from rlplat.actors.rollout import RolloutActor
     from rlplat.rollout.engine import EngineOptions
 
-    handle = RolloutActor.remote(EngineOptions(model_path=str(model_dir), max_model_len=max_model_len, seed=0))
+    handle = RolloutActor.remote(EngineOptions(model_path=str(model_dir), max_model_len=max_model_len, seed=0,
+                                                dtype="float32"))
     ray.get(handle.start.remote())
     try:
         yield handle

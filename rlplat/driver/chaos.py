@@ -6,6 +6,7 @@ the call was issued and before it is waited for, SIGKILL goes to TARGET:
     driver    this process (its Ray and actors then die with it, as after an OOM kill or a lost terminal)
     learner   the learner actor's process      } the first process under this driver whose command line
     rollout   the first rollout actor's process } starts "ray::LearnerActor" / "ray::RolloutActor"
+    engine    the first vLLM engine core process (its rollout actor then ends itself, and Ray restarts it)
 Only the first match fires. The variable is read once at import; when it is unset `at` returns at once.
 """
 
@@ -18,7 +19,7 @@ import threading
 from dataclasses import dataclass
 
 ENV = "RLPLAT_CHAOS"
-TARGETS = {"driver": "", "learner": "ray::LearnerActor", "rollout": "ray::RolloutActor"}
+TARGETS = {"driver": "", "learner": "ray::LearnerActor", "rollout": "ray::RolloutActor", "engine": "VLLM::EngineCore"}
 log = logging.getLogger("rlplat")
 
 
@@ -72,7 +73,7 @@ def at(phase: str) -> None:
 
 def actor_pid(title_prefix: str) -> int | None:
     """The lowest pid among this process's descendants whose command line starts with `title_prefix` (Ray names
-    an actor's worker process 'ray::ClassName' or 'ray::ClassName.method')."""
+    an actor's worker process 'ray::ClassName' or 'ray::ClassName.method', vLLM its engine core 'VLLM::EngineCore')."""
     import psutil
 
     found = []

@@ -1,10 +1,13 @@
-"""A rollout actor killed during a run: Ray restarts it, it gets the current weights, the run completes and
-every group is accounted for (each step trains its own prompts, in cursor order, none twice or skipped). A user
+"""A rollout actor killed during a run, or the vLLM engine core inside it: Ray restarts the actor (one whose engine
+died ends itself), it gets the current weights, the run completes and every group is accounted for (each step
+trains its own prompts, in cursor order, none twice or skipped). A user
 reward that hangs ends `rlplat train` with one line, exit 2, and nothing of the run left running or in /dev/shm."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -15,31 +18,36 @@ from mlflow.tracking import MlflowClient
 from rlplat.bench.faults_chaos import run_driver
 from rlplat.config import load_config
 from rlplat.data.datasets import EpochCursor
-from rlplat.driver import loop
+from rlplat.driver import chaos, loop
 from tests.conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow
 
 
-def _kill_rollout_actor_after_step(ray, trained: Path, step: int, killed: list[str]) -> None:
+def _kill_after_step(ray, trained: Path, step: int, target: str, killed: list[str]) -> None:
+    """Once `step` is recorded: kill the run's rollout actor (target "actor") or the engine core process inside it
+    ("engine": SIGKILL, as a native crash or the OOM killer would)."""
     deadline = time.time() + 600
     while time.time() < deadline:
         if trained.is_file() and len(trained.read_text().splitlines()) >= step:
+            if target == "engine" and (pid := chaos.actor_pid(chaos.TARGETS["engine"])) is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"engine core {pid}")
+                return
             names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["name"].startswith("rlplat-rollout-")]
-            if names:
+            if names and target == "actor":
                 ray.kill(ray.get_actor(names[0]), no_restart=False)  # like a crash: Ray restarts the process
                 killed.append(names[0])
             return
         time.sleep(0.05)
 
 
-def _train_killing_after_step_1(ray, cfg, out: Path):
-    """loop.train(cfg) while a thread kills a rollout actor once step 1 is recorded; the run must finish
-    with at least one restart logged."""
+def _train_killing_after_step_1(ray, cfg, out: Path, target: str = "actor"):
+    """loop.train(cfg) while a thread kills a rollout actor or its engine core once step 1 is recorded; the run
+    must finish with at least one restart logged."""
     killed: list[str] = []
-    killer = threading.Thread(target=_kill_rollout_actor_after_step,
-                              args=(ray, out / "trained_groups.jsonl", 1, killed))
+    killer = threading.Thread(target=_kill_after_step, args=(ray, out / "trained_groups.jsonl", 1, target, killed))
     killer.start()
     result = loop.train(cfg, progress=False)
     killer.join()
@@ -66,14 +74,15 @@ def test_killed_rollout_actor_is_restarted_and_nothing_is_lost(ray_session, tiny
     assert [t["prompt_ids"] for t in trained] == expected
 
 
-def test_killed_rollout_actor_in_an_env_run_loses_nothing(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Env episodes (CartPole): the actor is killed right after step 1 is recorded, i.e. while step 2's episodes
-    are played (their turns are then played again from their seeds) or while its weights sync. The run finishes
-    on the restarted engine, and every step trains its own seeds, in order."""
+def test_dead_engine_core_in_an_env_run_loses_nothing(ray_session, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Env episodes (CartPole): the engine core process inside the rollout actor is killed right after step 1 is
+    recorded, i.e. while step 2's episodes are played (their turns are then played again from their seeds) or while
+    its weights sync. The actor ends itself, Ray restarts it, the run finishes on the new engine, and every step
+    trains its own seeds, in order."""
     extra = {"experiment.num_steps": 3, "rollout.num_prompts_per_step": 2, "rollout.num_samples_per_prompt": 2,
              "data.num_eval_prompts": 8}
     cfg = load_config(ROOT / "configs/envpool_cartpole.yaml", smoke_overrides(tiny_model_dir, tmp_path, **extra))
-    _train_killing_after_step_1(ray_session, cfg, tmp_path)
+    _train_killing_after_step_1(ray_session, cfg, tmp_path, target="engine")
     trained = [json.loads(x) for x in (tmp_path / "trained_groups.jsonl").read_text().splitlines()]
     n = cfg.rollout.num_prompts_per_step
     assert [t["prompt_ids"] for t in trained] == [[cfg.env.seed + s * n + k for k in range(n)] for s in range(3)]

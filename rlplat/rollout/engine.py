@@ -11,10 +11,12 @@ import asyncio
 import itertools
 import math
 import shutil
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlplat.rollout.sleep import ALL_TAGS, gpu_free_bytes
 from rlplat.rollout.sockets import private_socket_dir
 from rlplat.types import FinishReason, Sample, SamplingOptions
 
@@ -31,6 +33,7 @@ class EngineOptions:
     cpu_kv_cache_gib: float = 1.0  # on CPU only: KV-cache size (vLLM's CPU default is far larger)
     stream_interval: int = 1  # tokens per streamed update of a request (vLLM's stream_interval)
     tensor_parallel_size: int = 1  # GPUs per engine; > 1: vLLM's Ray executor in the actor's placement bundles
+    enable_sleep_mode: bool = False  # rollout.sleep_level (CUDA only): vLLM's memory pool that `sleep` can release
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -46,6 +49,8 @@ class RolloutEngine:
         self._inflight: set[str] = set()
         self.loaded_version: int | None = None  # policy version of the weights last loaded with a version
         self.socket_dir: Path | None = None  # vLLM's IPC sockets (rollout/sockets.py), removed at shutdown
+        self.asleep: set[str] = set()  # sleep mode: the tags of ALL_TAGS vLLM holds asleep (rollout/sleep.py)
+        self.weights_discarded = False  # slept at level 2 and no weights loaded since: nothing valid to run
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -66,6 +71,7 @@ class RolloutEngine:
             stream_interval=o.stream_interval,
             tensor_parallel_size=o.tensor_parallel_size,
             distributed_executor_backend="ray" if o.tensor_parallel_size > 1 else None,
+            enable_sleep_mode=o.enable_sleep_mode,
         )
         from vllm.platforms import current_platform
 
@@ -78,8 +84,9 @@ class RolloutEngine:
         """Continue every unfinished sample until it stops, hits its budget, or `abort()` is called.
 
         Samples are extended in place (tokens, behaviour log-probs, policy version per token) and returned.
-        An aborted sample keeps what it generated so far and stays PENDING.
+        An aborted sample keeps what it generated so far and stays PENDING. A sleeping engine wakes first.
         """
+        await self._wake_to_run()
         await asyncio.gather(*(self._continue(s, sampling, policy_version) for s in samples if not s.is_finished))
         return samples
 
@@ -153,9 +160,12 @@ class RolloutEngine:
         """Run a `WeightSyncExtension` loading method on every worker, then drop cached prefixes of the old weights.
 
         With `version`, tokens generated from now on (also by requests already running) carry that version.
+        Sleeping weights are woken first (a restarted engine's reload may come while the others sleep).
         """
         assert self.engine is not None
+        await self.wake_up(("weights",))
         await self.engine.collective_rpc(method, args=args)
+        self.weights_discarded = False
         await self._drop_cached_prefixes()
         if version is not None:
             self.loaded_version = version
@@ -171,9 +181,53 @@ class RolloutEngine:
                 return
             await asyncio.sleep(wait_s)
 
+    async def sleep(self, level: int) -> dict[str, float]:
+        """vLLM's sleep mode: release the KV cache and offload (level 1) or discard (level 2) the weights.
+
+        Only an idle engine may sleep (vLLM's sleep aborts running requests): RuntimeError with requests in flight.
+        Returns `time/sleep_s` and, where NVML sees the GPU, `sleep/freed_gib` (free memory after - before).
+        """
+        assert self.engine is not None
+        if self._inflight:
+            raise RuntimeError(f"sleep: {len(self._inflight)} requests are in flight; an engine sleeps only between "
+                               "a step's generation and its weight sync (rollout.sleep_level)")
+        if self.asleep:
+            return {}
+        free_before, t0 = gpu_free_bytes(), time.perf_counter()
+        await self.engine.reset_prefix_cache()  # vLLM clears it too when it sleeps; its blocks will hold nothing
+        await self.engine.sleep(level)
+        self.asleep, self.weights_discarded = set(ALL_TAGS), level >= 2
+        metrics = {"time/sleep_s": time.perf_counter() - t0}
+        free_after = gpu_free_bytes()
+        if free_before is not None and free_after is not None:
+            metrics["sleep/freed_gib"] = (free_after - free_before) / 2**30
+        return metrics
+
+    async def wake_up(self, tags: tuple[str, ...] = ALL_TAGS) -> dict[str, float]:
+        """Bring back those of `tags` ("weights", "kv_cache") that sleep; returns `time/wake_<tag>_s`, or {} when
+        none slept. After level 2 the woken weights hold garbage until the next weight load."""
+        todo = [t for t in tags if t in self.asleep]
+        if not todo:
+            return {}
+        assert self.engine is not None
+        t0 = time.perf_counter()
+        await self.engine.wake_up(todo)
+        self.asleep -= set(todo)
+        if "kv_cache" in todo:
+            await self._drop_cached_prefixes()  # nothing cached may point into the freshly mapped blocks
+        return {f"time/wake_{'_'.join(todo)}_s": time.perf_counter() - t0}
+
+    async def _wake_to_run(self) -> None:
+        """Before generating or scoring: wake what sleeps; level 2 without a weight load since has no weights."""
+        if self.weights_discarded:
+            raise RuntimeError("the engine slept at level 2 (rollout.sleep_level) and has had no weights loaded since; "
+                               "a weight sync must come before generation")
+        await self.wake_up(ALL_TAGS)
+
     async def rpc(self, method: str, *args: object) -> object:
         """Call a `WeightSyncExtension` method on the (first) worker: checksums, parameter names, stats."""
         assert self.engine is not None
+        await self.wake_up(("weights",))  # a checksum reads them
         return (await self.engine.collective_rpc(method, args=args))[0]
 
     async def score(self, token_ids: list[int]) -> list[float]:
@@ -182,6 +236,7 @@ class RolloutEngine:
         from vllm.inputs import TokensPrompt
 
         assert self.engine is not None
+        await self._wake_to_run()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         final = None
         request_id = f"score{next(self._ids)}"

@@ -99,6 +99,8 @@ def plan_placement(cfg: RunConfig, available_gpus: float, gpus_per_node: int | N
     device = resolve_device(p.device, available_gpus)
     sync = resolve_weight_sync(p.weight_sync, device=device, colocate=p.colocate, num_engines=n)
     ranks, tp = cfg.learner.num_ranks, cfg.rollout.tensor_parallel_size
+    if cfg.rollout.sleep_level:
+        check_sleep_level(cfg, device)
     if ranks > 1 and sync == "ipc":
         raise ConfigError("placement.weight_sync: ipc sends one learner's tensors to one engine; with "
                           "learner.num_ranks > 1 use broadcast or bytes")
@@ -166,6 +168,22 @@ def resolve_weight_sync(requested: str, *, device: str, colocate: bool, num_engi
         raise ConfigError("placement.weight_sync: broadcast cannot run with placement.colocate: true on GPU (NCCL "
                           "cannot put the learner and engine 0 on one GPU as two ranks); use ipc (one engine) or bytes")
     return requested
+
+
+def check_sleep_level(cfg: RunConfig, device: str) -> None:
+    """rollout.sleep_level (rlplat/rollout/sleep.py) needs vLLM's CUDA sleep mode, engines that share their GPU with
+    the learner, and the synchronous loop (an engine sleeps only when it has nothing in flight)."""
+    key = f"rollout.sleep_level: {cfg.rollout.sleep_level}"
+    if device == "cpu":
+        raise ConfigError(f"{key} needs CUDA (vLLM's CPU engine has no sleep mode) but placement resolves to cpu; "
+                          "set rollout.sleep_level: 0")
+    if not cfg.placement.colocate:
+        raise ConfigError(f"{key} frees the engines' GPU memory for the learner, which needs placement.colocate: "
+                          "true (on separate GPUs nothing uses it); set placement.colocate: true or "
+                          "rollout.sleep_level: 0")
+    if cfg.data.store.enabled:
+        raise ConfigError(f"{key} puts the engines to sleep while the learner trains, but with data.store.enabled they "
+                          "generate meanwhile (async); set data.store.enabled: false or rollout.sleep_level: 0")
 
 
 def check_gpus(plan: PlacementPlan, available_gpus: float, where: str) -> None:

@@ -49,6 +49,10 @@ class RolloutConfig:
     enforce_eager: bool = True
     # GPUs per engine: vLLM's own tensor parallelism (its workers in one set of placement bundles on one node).
     tensor_parallel_size: int = 1
+    # vLLM's sleep mode, with placement.colocate on GPU: engines free their GPU memory while the learner trains and
+    # wake for the weight sync. 0: off; 1: offload the weights to CPU memory; 2: discard them (the sync reloads
+    # them); 1 and 2 free the KV cache. Not with the async store (data.store.enabled). rlplat/rollout/sleep.py.
+    sleep_level: int = 0
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
     def __post_init__(self) -> None:
@@ -61,3 +65,4 @@ class RolloutConfig:
         check(self.temperature > 0, "temperature must be > 0")
         check(0 < self.top_p <= 1, "top_p must be in (0, 1]")
         check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]")
+        check(self.sleep_level in (0, 1, 2), "sleep_level must be 0 (off), 1 or 2 (vLLM's sleep levels)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import shutil
 import time
 import zlib
@@ -37,6 +38,18 @@ class EngineOptions:
 
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+
+
+def in_engine_core_process() -> None:
+    """On CPU, run the model in the engine-core process itself (vLLM's "uni" executor), as vLLM does on a GPU.
+
+    vLLM's CPU platform turns "uni" into its multiprocess executor unless VLLM_ENABLE_V1_MULTIPROCESSING is 0: a
+    third process per engine that imports torch again (~15 s of every engine start on 2 cores) and polls a
+    /dev/shm queue between steps. AsyncLLM still runs its engine core in a child process either way; the variable
+    only decides where the model runs, and this actor process exists for the engine alone. What vLLM gives up is
+    its OpenMP core binding, which on a small shared machine only pins the model to one core.
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 class RolloutEngine:
@@ -70,13 +83,16 @@ class RolloutEngine:
             enable_prefix_caching=True,
             stream_interval=o.stream_interval,
             tensor_parallel_size=o.tensor_parallel_size,
-            distributed_executor_backend="ray" if o.tensor_parallel_size > 1 else None,
+            distributed_executor_backend="ray" if o.tensor_parallel_size > 1 else "uni",
             enable_sleep_mode=o.enable_sleep_mode,
         )
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and o.cpu_kv_cache_gib > 0:
-            args.kv_cache_memory_bytes = int(o.cpu_kv_cache_gib * 2**30)
+        if current_platform.is_cpu():
+            if o.tensor_parallel_size == 1:
+                in_engine_core_process()
+            if o.cpu_kv_cache_gib > 0:
+                args.kv_cache_memory_bytes = int(o.cpu_kv_cache_gib * 2**30)
         self.socket_dir = private_socket_dir()
         self.engine = AsyncLLM.from_engine_args(args)
 

@@ -305,6 +305,38 @@ class TurnGroupBuffer(Generic[G]):
         return len(dropped)
 
 
+class TurnAprilManager(Generic[G]):
+    """What the two multi-turn APRIL managers (env episodes: rlplat/envs/episode_april.py, tool trajectories:
+    rlplat/agents/april.py) share: N' = ceil(over_provision * N) groups issued per step, and the buffer of unfinished
+    groups with its token ledger, which a checkpoint stores (`state`) and a resumed run restores (`load_state`)."""
+
+    def __init__(self, *, over_provision: float, max_age_in_versions: int) -> None:
+        if over_provision < 1:
+            raise ValueError(f"over_provision must be >= 1, got {over_provision}")
+        self.over_provision = over_provision
+        self.pending: TurnGroupBuffer[G] = TurnGroupBuffer(max_age_in_versions)
+
+    @property
+    def buffer(self) -> deque[G]:
+        """The buffered groups in serving order (the objects themselves)."""
+        return self.pending.groups
+
+    @property
+    def ledger(self) -> TokenLedger:
+        return self.pending.ledger
+
+    def num_groups_to_issue(self, num_groups: int) -> int:
+        return num_groups_to_issue(num_groups, self.over_provision)
+
+    def state(self) -> list[G]:
+        """The buffer (deep copy, serving order): what a checkpoint stores."""
+        return self.pending.state()
+
+    def load_state(self, groups: list[G], ledger: TokenLedger | None = None) -> None:
+        """Restore the buffer from `state()`. Without a saved `ledger`, its tokens count as generated and buffered."""
+        self.pending.load_state(groups, ledger)
+
+
 def num_groups_to_issue(num_groups: int, over_provision: float) -> int:
     """N' = ceil(over_provision * N), never below N (as `AprilManager.num_groups_to_issue`)."""
     return max(num_groups, math.ceil(over_provision * num_groups - 1e-9))

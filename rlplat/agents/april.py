@@ -24,13 +24,12 @@ cut keeps `turn_done`), so the caller retries the step after the actor restarts.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from rlplat.agents.loop import AgentBatch, AgentLoop, TrajectoryGroup, agent_metrics
-from rlplat.turns import TurnGroupBuffer, TurnWorker, num_groups_to_issue
-from rlplat.types import SamplingOptions, TokenLedger
+from rlplat.turns import TurnAprilManager, TurnWorker
+from rlplat.types import SamplingOptions
 
 
 class AbortableWorker(TurnWorker, Protocol):
@@ -39,30 +38,12 @@ class AbortableWorker(TurnWorker, Protocol):
         ...
 
 
-class AgentAprilManager:
+class AgentAprilManager(TurnAprilManager[TrajectoryGroup]):
     """Keeps N' groups of trajectories in play, stops at N complete ones, and buffers the rest (module docstring)."""
 
     def __init__(self, loop: AgentLoop, *, over_provision: float = 2.0, max_age_in_versions: int = 0) -> None:
-        if over_provision < 1:
-            raise ValueError(f"over_provision must be >= 1, got {over_provision}")
+        super().__init__(over_provision=over_provision, max_age_in_versions=max_age_in_versions)
         self.loop = loop
-        self.over_provision = over_provision
-        self.pending: TurnGroupBuffer[TrajectoryGroup] = TurnGroupBuffer(max_age_in_versions)
-
-    @property
-    def buffer(self) -> deque[TrajectoryGroup]:
-        return self.pending.groups
-
-    @property
-    def ledger(self) -> TokenLedger:
-        return self.pending.ledger
-
-    def state(self) -> list[TrajectoryGroup]:
-        """The buffer (deep copy, serving order): what a checkpoint stores."""
-        return self.pending.state()
-
-    def load_state(self, groups: list[TrajectoryGroup], ledger: TokenLedger | None = None) -> None:
-        self.pending.load_state(groups, ledger)
 
     async def collect(self, workers: Sequence[AbortableWorker], fresh: Callable[[int], list[TrajectoryGroup]], *,
                       num_groups: int, sampling: SamplingOptions, policy_version: int) -> AgentBatch:
@@ -72,7 +53,7 @@ class AgentAprilManager:
             raise ValueError("collect needs at least one worker")
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-        n_issue = num_groups_to_issue(num_groups, self.over_provision)
+        n_issue = self.num_groups_to_issue(num_groups)
         step = self.pending.begin(n_issue, policy_version)
         num_fresh = n_issue - len(step.taken) if len(step.complete) < num_groups else 0
         num_continued = sum(not t.sample.is_finished for g in step.running for t in g.trajectories)

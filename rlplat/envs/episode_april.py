@@ -36,7 +36,6 @@ its last complete turn (a failed model turn appends nothing), so the caller can 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +55,7 @@ from rlplat.envs.agent_loop import (
 )
 from rlplat.envs.registry import make_episode_env
 from rlplat.envs.text_env import TextEnv
-from rlplat.turns import TurnGroupBuffer, num_groups_to_issue, play_round
+from rlplat.turns import TurnAprilManager, num_groups_to_issue, play_round
 from rlplat.types import Group, SamplingOptions, TokenLedger
 
 
@@ -93,7 +92,7 @@ class EpisodeGroup:
                                  f"{self.seed}), {len(ep.actions)} recorded actions for {ep.num_turns} turns")
 
 
-class EpisodeAprilManager:
+class EpisodeAprilManager(TurnAprilManager[EpisodeGroup]):
     """Keeps N' groups of episodes in play, stops at N complete ones, and buffers the rest (module docstring).
 
     env: at least N' * group_size envs, any subset of which can step while the others wait (an
@@ -104,25 +103,9 @@ class EpisodeAprilManager:
                  max_age_in_versions: int = 0) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if over_provision < 1:
-            raise ValueError(f"over_provision must be >= 1, got {over_provision}")
+        super().__init__(over_provision=over_provision, max_age_in_versions=max_age_in_versions)
         self.env = env
         self.group_size = group_size
-        self.over_provision = over_provision
-        self.pending: TurnGroupBuffer[EpisodeGroup] = TurnGroupBuffer(max_age_in_versions)
-
-    @property
-    def buffer(self) -> deque[EpisodeGroup]:
-        """The buffered groups in serving order (the objects themselves)."""
-        return self.pending.groups
-
-    @property
-    def ledger(self) -> TokenLedger:
-        return self.pending.ledger
-
-    def num_groups_to_issue(self, num_groups: int) -> int:
-        """N' = ceil(over_provision * N) (never below N)."""
-        return num_groups_to_issue(num_groups, self.over_provision)
 
     @property
     def num_episodes_buffered(self) -> int:
@@ -130,15 +113,10 @@ class EpisodeAprilManager:
         return sum(not ep.sample.is_finished for g in self.buffer for ep in g.episodes)
 
     # ----------------------------------------------------------------------------------------------- checkpoint
-    def state(self) -> list[EpisodeGroup]:
-        """The buffer (deep copy, serving order): what a checkpoint stores. Plain data (see module docstring)."""
-        return self.pending.state()
-
     def load_state(self, groups: list[EpisodeGroup], ledger: TokenLedger | None = None) -> None:
-        """Restore the buffer from `state()`. Without a saved `ledger`, its tokens count as generated and buffered."""
         for g in groups:
             g.validate()
-        self.pending.load_state(groups, ledger)
+        super().load_state(groups, ledger)
 
     def close(self) -> None:
         self.env.close()

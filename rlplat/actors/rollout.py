@@ -113,6 +113,17 @@ class RolloutActor:
         await self.start()
         return await self.engine.rpc(method, *args)
 
+    @exit_when_engine_dies
+    async def sleep(self, level: int) -> dict[str, float]:
+        """rollout.sleep_level: free the engine's GPU memory while the learner trains (rlplat/rollout/sleep.py)."""
+        await self.start()
+        return await self.engine.sleep(level)
+
+    @exit_when_engine_dies
+    async def wake_up(self, tags: tuple[str, ...]) -> dict[str, float]:
+        await self.start()
+        return await self.engine.wake_up(tags)
+
     def shutdown(self) -> None:
         if self._shm_ledger:
             shm.release(self._shm_ledger, mapped_too=True)  # first: the stop may outlast the driver's patience

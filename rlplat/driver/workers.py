@@ -40,6 +40,7 @@ from rlplat.placement import PlacementPlan, check_gpus, plan_placement
 from rlplat.rewards.basic import RewardInputs
 from rlplat.rewards.registry import RewardError
 from rlplat.rollout.engine import EngineOptions
+from rlplat.rollout.sleep import AFTER_SYNC, BEFORE_SYNC, merge_engine_metrics
 from rlplat.types import Group, Sample, SamplingOptions, TrainBatch
 
 log = logging.getLogger("rlplat")
@@ -234,6 +235,7 @@ def engine_options(cfg: RunConfig, model_path: str = "") -> EngineOptions:
         max_num_seqs=cfg.rollout.max_num_seqs,
         stream_interval=cfg.rollout.stream_interval,
         tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        enable_sleep_mode=cfg.rollout.sleep_level > 0,
     )
 
 
@@ -253,6 +255,7 @@ class Workers:
     placement: str = ""  # the placement plan, described (logged as the run's rlplat.placement tag)
     # the last broadcast's gather from FSDP shards: sync/num_buckets, sync/gather_bytes, sync/peak_extra_bytes
     sync_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    sleep_level: int = 0  # rollout.sleep_level: engines sleep through each train step (rollout/sleep.py); 0: never
 
     @classmethod
     def start(cls, cfg: RunConfig, engine: EngineOptions, *, with_learner: bool = True) -> Workers:
@@ -267,7 +270,8 @@ class Workers:
         log.info("%s", plan.describe())
         pg = reserve(plan, cfg.placement.placement_timeout_s)  # GPUs taken but never freed: ConfigError
         workers = cls(rollout=[], call_timeout_s=cfg.cluster.call_timeout_s, weight_sync=plan.weight_sync,
-                      placement_group=pg, device=plan.device, placement=plan.describe())
+                      placement_group=pg, device=plan.device, placement=plan.describe(),
+                      sleep_level=cfg.rollout.sleep_level)
         try:
             tag = f"{cfg.experiment.name}-{os.getpid()}-{int(time.time())}"  # names let operators find them
             workers.rollout = [RolloutActor.options(name=f"rlplat-rollout-{tag}-{i}",
@@ -378,19 +382,29 @@ class Workers:
     # -------------------------------------------------------------------------------------------- learner
     def train(self, batch: TrainBatch) -> dict[str, float]:
         """One learner step. FSDP: the batch is split by tokens over the ranks (each gets its part; losses use global
-        denominators) and every rank returns the same reduced metrics; rank 0's are kept, with the split's balance."""
+        denominators) and every rank returns the same reduced metrics; rank 0's are kept, with the split's balance.
+        With rollout.sleep_level the engines sleep first (sleep/freed_gib, time/sleep_s) and wake in `sync`."""
+        slept = self._on_engines("sleep", self.sleep_level) if self.sleep_level else {}
         if len(self.learners) <= 1:
-            return self.call(self.learner.train_step.remote(batch), "train step")
+            return self.call(self.learner.train_step.remote(batch), "train step") | slept
         parts, tokens = split_batch(batch, len(self.learners))
         metrics = self.call([a.train_step.remote(p) for a, p in zip(self.learners, parts, strict=True)],
                             "train step")[0]
-        return metrics | {"perf/learner_token_imbalance": max(tokens) / max(1.0, sum(tokens) / len(tokens))}
+        return metrics | slept | {"perf/learner_token_imbalance": max(tokens) / max(1.0, sum(tokens) / len(tokens))}
+
+    def _on_engines(self, method: str, *args: Any) -> dict[str, float]:
+        """Sleep mode: `sleep` or `wake_up` on every engine, their metrics merged (rollout/sleep.py)."""
+        return merge_engine_metrics(self.call([getattr(w, method).remote(*args) for w in self.rollout],
+                                              f"engine {method}"))
 
     def sync(self, version: int) -> None:
         """Learner weights -> every engine, in place (tokens generated from then on carry `version`), by
         `placement.weight_sync`: bytes through Ray's object store, a process-group broadcast, or CUDA IPC.
-        Generation may keep running meanwhile. A rollout actor that died comes back with these weights."""
+        Generation may keep running meanwhile. A rollout actor that died comes back with these weights.
+        Sleep mode: the engines' weights wake first (level 2: memory this sync fills), their KV cache after it."""
+        woken: dict[str, float] = {}
         try:
+            woken = self._on_engines("wake_up", BEFORE_SYNC) if self.sleep_level else {}
             if self.weight_sync == "broadcast":
                 self._open_weight_group()
                 meta = self.learner.weight_meta.remote()
@@ -409,8 +423,12 @@ class Workers:
             else:
                 payload, *others = self._on_learners("weights_bytes")  # FSDP: rank 0's bytes, the rest b""
                 self.call([*(w.load_weights.remote(payload, version) for w in self.rollout), *others], "weight sync")
+            woken |= self._on_engines("wake_up", AFTER_SYNC) if self.sleep_level else {}
         except RayActorError:
-            self.recover(version)
+            self.recover(version)  # an engine still asleep wakes when it next generates
+        if woken:  # logged with the step's metrics, as the gather's sizes are
+            self.sync_metrics = self.sync_metrics | woken | {
+                "time/wake_s": sum(v for k, v in woken.items() if k.startswith("time/wake_"))}
 
     def _open_weight_group(self) -> None:
         """Once (and again after a rollout actor restart): the learner is rank 0, engine i is rank i + 1."""

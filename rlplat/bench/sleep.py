@@ -63,7 +63,9 @@ async def cycle(engine: RolloutEngine, level: int, weights: list[bytes], args: a
 
 
 async def run(args: argparse.Namespace, model: Path) -> tuple[dict[str, float], list[dict[str, float]]]:
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(model))  # vLLM refuses ids past the tokenizer's (the model pads to 64)
     weights = [f.read_bytes() for f in sorted(model.glob("*.safetensors"))]
     base = used_gib()
     engine = RolloutEngine(EngineOptions(model_path=str(model.resolve()), max_model_len=512, dtype="bfloat16",

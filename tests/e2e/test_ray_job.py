@@ -57,7 +57,7 @@ def head_node(tmp_path: Path):
     yield address, env
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=10)  # `ray start --block` took the whole 30 s here once; the cluster just has to go
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
 

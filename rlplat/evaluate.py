@@ -1,8 +1,9 @@
 """`rlplat eval SPEC --checkpoint DIR`: turn what a run saved into a model directory a rollout engine can serve.
 
 DIR may be
-    a checkpoint            outputs/NAME/checkpoints/step_000010 (learner/learner_state.pt inside), or the
-                            checkpoints/ folder itself (its newest intact checkpoint is taken)
+    a checkpoint            outputs/NAME/checkpoints/step_000010 (learner/learner_state.pt inside, or, from a run
+                            with learner.num_ranks > 1, learner/policy/: every rank's DCP shards, gathered here
+                            in one process), or the checkpoints/ folder itself (its newest intact checkpoint)
     a saved policy          outputs/NAME/final_model with full weights (config.json + *.safetensors)
     a LoRA adapter          outputs/NAME/final_model of a LoRA run (adapter_config.json)
 The result is a Hugging Face directory under the eval output folder: full weights (LoRA merged into the spec's base
@@ -62,6 +63,25 @@ def find_source(checkpoint: str | Path) -> EvalSource:
                       f"(config.json + *.safetensors) nor a LoRA adapter (adapter_config.json)")
 
 
+def load_policy_weights(model: torch.nn.Module, learner_dir: Path, base: Path, *, lora: bool) -> None:
+    """The policy weights a checkpoint's learner folder holds (one file, or FSDP ranks' DCP shards) into `model`."""
+    from rlplat.learners.dcp import load_model_weights
+    from rlplat.learners.sharded import POLICY_DIR, is_sharded_state
+
+    try:
+        if is_sharded_state(learner_dir):
+            load_model_weights(model, learner_dir / POLICY_DIR)
+            return
+        state = read_learner_state(learner_dir)
+    except ValueError as e:
+        raise ConfigError(f"--checkpoint: {e}") from None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"--checkpoint: {learner_dir.parent} does not fit the spec's model ({base}, lora: "
+                          f"{lora}): {str(e).splitlines()[0]}") from None
+
+
 def materialise(source: EvalSource, cfg: RunConfig, out_dir: Path) -> Path:
     """Write the policy of `source` as full weights + the base model's config and tokenizer into `out_dir`."""
     from transformers import AutoModelForCausalLM
@@ -80,15 +100,7 @@ def materialise(source: EvalSource, cfg: RunConfig, out_dir: Path) -> Path:
             from rlplat.learners.lora import apply_lora
 
             model = apply_lora(model, cfg.model.lora)
-        try:
-            state = read_learner_state(source.path / STATE_FILE.parent)
-        except ValueError as e:
-            raise ConfigError(f"--checkpoint: {e}") from None
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ConfigError(f"--checkpoint: {source.path} does not fit the spec's model ({base}, lora: "
-                              f"{cfg.model.lora is not None}): {str(e).splitlines()[0]}") from None
+        load_policy_weights(model, source.path / STATE_FILE.parent, base, lora=cfg.model.lora is not None)
         if cfg.model.lora is not None:
             model = model.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)

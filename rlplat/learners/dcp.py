@@ -80,3 +80,21 @@ def load_sharded(model: nn.Module, optimizer: Optimizer, path: str | Path) -> di
     dcp.load(state, checkpoint_id=src)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((src / EXTRA).read_text())
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Only the model's weights of a `save_sharded` folder, into a plain model in this one process (no process group:
+    DCP gathers every rank's shards; the optimizer state is not read). What `rlplat eval --checkpoint` serves.
+    ValueError (one line) for a folder that is no complete checkpoint or does not fit `model`."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    src = Path(path)
+    if not (src / METADATA).is_file():
+        raise ValueError(f"{src} is no sharded checkpoint (no {METADATA}: missing, or a save that did not finish)")
+    state = {"model": get_model_state_dict(model)}
+    try:
+        dcp.load(state, checkpoint_id=src)
+    except Exception as e:  # DCP wraps every rank's failure (missing key, wrong shape) in a CheckpointException
+        first = next((line for line in str(e).splitlines() if "Error" in line), str(e).splitlines()[0])
+        raise ValueError(f"{src} does not fit the model: {first.strip()}") from None
+    set_model_state_dict(model, state["model"])

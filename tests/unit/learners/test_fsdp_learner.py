@@ -2,8 +2,9 @@
 token-balanced part of the batch (`balance.split_batch`, as the driver splits it), take the same steps as the
 one-process learner on the whole batch (losses, norms and updated weights within 1e-5, fp32) for GRPO, PPO with a
 critic, a KL reference (a frozen sharded model) and LoRA (+ KL to the adapter-disabled base). The sharded checkpoint
-written between the two steps resumes on 2 ranks and on 1 (the plain learner) to the same second step. Removing the
-global loss count makes it fail (checked).
+written between the two steps resumes on 2 ranks and on 1 (the plain learner) to the same second step, and
+`rlplat eval --checkpoint` serves it: gathered in one process (LoRA merged), its weights are those after step 1.
+Removing the global loss count makes it fail (checked).
 
 Ranks are forked from the test process (see test_fsdp.py for why); a rank that hangs fails the test.
 """
@@ -123,7 +124,32 @@ def test_ranks_match_one_process_and_resume(tiny_model_dir: Path, tmp_path: Path
         assert resumed["version"] == 2
         _assert_step(resumed["step2"], want[1])
 
+    if variant in ("grpo", "lora-kl") and world == 2:
+        _assert_eval_serves(tiny_model_dir, tmp_path, variant, want[0]["weights"])
+
     one = _learner(tiny_model_dir, variant, Ranks())  # N -> 1: the plain learner loads the shards (DCP reshards)
     load_learner_state(one, tmp_path / "ckpt")
     assert one.policy_version == 1
     _assert_step(_step(one, variant), want[1])
+
+
+def _assert_eval_serves(model_dir: Path, tmp_path: Path, variant: str, want: dict[str, torch.Tensor]) -> None:
+    """`rlplat eval`'s model directory of the sharded checkpoint (a checkpoint folder whose learner/ is `ckpt`)."""
+    from safetensors.torch import load_file
+
+    from rlplat.config import load_config
+    from rlplat.evaluate import EvalSource, materialise
+    from tests.conftest import ROOT
+
+    source = tmp_path / "step_000001"
+    source.mkdir()
+    (source / "learner").symlink_to(tmp_path / "ckpt")
+    lora = VARIANTS[variant][1]
+    overrides = [f"model.path={model_dir}"] + ([] if lora is None else [
+        f"model.lora={{rank: {lora.rank}, alpha: {lora.alpha}, target_modules: [{', '.join(lora.target_modules)}]}}"])
+    out = materialise(EvalSource("checkpoint", source, 1, ""), load_config(ROOT / "configs/demo.yaml", overrides),
+                      tmp_path / "served")
+    served = load_file(str(out / "model.safetensors"))
+    assert set(want) <= set(served)
+    for k, v in want.items():
+        torch.testing.assert_close(served[k], v, rtol=0, atol=ATOL, msg=k)

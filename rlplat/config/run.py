@@ -48,6 +48,9 @@ class RunConfig:
         if self.agent.tools and self.env.task_id:
             raise ConfigError("agent.tools: env.task_id is set, so env episodes are played; tool-calling "
                               "trajectories run on the `data` prompts: remove agent.tools or env.task_id")
+        if self.algorithm.remix.enabled and self.learner.sharded:
+            raise ConfigError("algorithm.remix: not supported with an FSDP learner (learner.num_ranks > 1 or "
+                              "learner.fsdp) yet; use one learner rank, or GRPO/PPO without remix")
         if self.algorithm.dynamic_sampling.enabled and self.env.task_id:
             raise ConfigError("algorithm.dynamic_sampling: not supported with env episodes (env.task_id) yet: "
                               "their seeds follow the step number, so a second draw would replay the same episodes")

@@ -42,6 +42,8 @@ def test_scale_out_mistakes_are_config_errors() -> None:
         _plan(1, "placement.device=gpu", "placement.colocate=true", "placement.weight_sync=ipc", "learner.num_ranks=2")
     with pytest.raises(ConfigError, match="3 must divide the GPUs per node"):
         _plan(8, "placement.device=gpu", "rollout.tensor_parallel_size=3", per_node=4)
+    with pytest.raises(ConfigError, match="algorithm.remix: not supported with an FSDP learner"):
+        load_config(ROOT / "configs/remix_grpo.yaml", ["learner.num_ranks=2"])  # before any actor, not in one
 
 
 def test_pack_and_spread_by_hand() -> None:

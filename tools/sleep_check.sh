@@ -49,7 +49,11 @@ train)
   python3 -m rlplat train configs/gpu_sleep.yaml rollout.sleep_level=$level experiment.num_steps=$steps \
     experiment.name=$name experiment.output_dir=outputs/$name cluster.address=local cluster.call_timeout_s=120 --no-progress \
     > "$out/$name.log" 2>&1
-  echo "exit $?"; tail -4 "$out/$name.log"; summary outputs/$name
+  echo "exit $?"; tail -4 "$out/$name.log"
+  # vLLM's own account: the engine's model and KV cache sizes, and what each sleep freed (first two and last)
+  grep -hE "Model loading took|Available KV cache memory|Sleep mode freed|to fall asleep|to wake up" \
+    outputs/$name/logs/engine_0.log 2>/dev/null | sed -E 's/^.*\] //' | awk 'NR<=6 {print; next} {last=$0} END {print last}'
+  summary outputs/$name
   ;;
 *) echo "usage: tools/sleep_check.sh bench|train [LEVEL] [STEPS]" >&2; exit 2 ;;
 esac

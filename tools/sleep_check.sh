@@ -45,6 +45,7 @@ bench)
   ;;
 train)
   level=${2:-2}; steps=${3:-30}; name=gpu-sleep-l$level
+  export VLLM_LOGGING_LEVEL=INFO  # into the engine log (outputs/NAME/logs/engine_0.log), not the console
   rm -rf outputs/$name
   python3 -m rlplat train configs/gpu_sleep.yaml rollout.sleep_level=$level experiment.num_steps=$steps \
     experiment.name=$name experiment.output_dir=outputs/$name cluster.address=local cluster.call_timeout_s=120 --no-progress \

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from rlplat.rollout import shm
-from rlplat.rollout.engine import EngineOptions, RolloutEngine
+from rlplat.rollout.engine import EngineOptions, RolloutEngine, is_engine_dead
 from rlplat.rollout.vllm_logs import route_vllm_logs
 from rlplat.types import Sample, SamplingOptions
 
@@ -31,11 +31,11 @@ def exit_when_engine_dies(method):
     the caller then sees the actor die, as after any other crash, and Ray starts a fresh one."""
     @functools.wraps(method)
     async def guarded(self, *args, **kwargs):
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         try:
             return await method(self, *args, **kwargs)
-        except EngineDeadError:
+        except Exception as e:
+            if not is_engine_dead(e):
+                raise
             log.error("the vLLM engine core of this rollout actor died; ending the actor so Ray restarts it")
             end_process_tree()
     return guarded

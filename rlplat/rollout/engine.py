@@ -52,6 +52,13 @@ def in_engine_core_process() -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
+def is_engine_dead(error: BaseException) -> bool:
+    """vLLM's EngineDeadError: the engine core process is gone (a native crash, an OOM kill) and serves no more."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError)
+
+
 class RolloutEngine:
     """Owns one vLLM AsyncLLM. Call `start()` inside the event loop that will run `generate`."""
 

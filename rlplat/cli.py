@@ -189,7 +189,8 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as e:  # found once attached to the cluster: too few GPUs for the placement
         return _bad_input(e)
     except Exception as e:  # the run started and failed: one line, the traceback in a file
-        return _run_failed(e, cfg.output_dir, resume_hint=lambda: run_state.resume_hint(cfg))
+        return _run_failed(e, cfg.output_dir, resume_hint=lambda: run_state.resume_hint(cfg),
+                           memory_advice=lambda: run_state.out_of_memory_advice(cfg))
     rewards = [v for _, v in result.history.get("rollout/reward_mean", [])]
     if rewards:
         k = min(10, len(rewards))
@@ -416,24 +417,45 @@ _PHASES = {"save_learner_state": "checkpoint save", "load_learner_state": "check
            "verify": "final weight check", "recover": "rollout restart", "start": "start-up"}
 
 
-def _run_failed(error: Exception, output_dir: Path, resume_hint: Callable[[], str] | None = None) -> int:
+def _run_failed(error: Exception, output_dir: Path, resume_hint: Callable[[], str] | None = None,
+                memory_advice: Callable[[], str] | None = None) -> int:
     """A run (or evaluation) that started and failed: one line on stderr naming what failed, where to resume and
-    where the traceback is; exit 2 for a user's reward function that failed (its message names it), else 1."""
+    where the traceback is; exit 2 for a user's reward function that failed (its message names it), else 1.
+    Out of GPU memory: the first line of torch's message and `memory_advice()`, what to change in the spec."""
+    import torch
+
     from rlplat.rewards.registry import RewardError
 
     log_file = _write_traceback(error, output_dir)
     message = " ".join(str(error).split()) or type(error).__name__
+    causes = _causes(error)
     died = _dead_actor(error)
+    oom = next((c for c in causes if isinstance(c, torch.OutOfMemoryError)), None)
     if died is not None:
         actor, phase = died
         message = f"{actor} died during {phase}" + (f"; {resume_hint()}" if resume_hint else "")
+    elif oom is not None and memory_advice is not None:
+        first = str(getattr(oom, "cause", None) or oom).strip().splitlines()[-1]
+        message = f"out of GPU memory ({first.split(' Including')[0]}): {memory_advice()}" + (
+            f"; {resume_hint()}" if resume_hint else "")
     where = f" (traceback: {log_file})" if log_file else ""
     print(f"rlplat: error: {message}{where}", file=sys.stderr)
-    causes, e = [], error  # the async producer re-raises a reward's failure as its cause
-    while e is not None:
-        causes.append(e)
-        e = e.__cause__
     return EXIT_BAD_INPUT if any(isinstance(c, RewardError) for c in causes) else EXIT_RUN_FAILED
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what caused it: `__cause__` (the async producer re-raises a reward's failure as its cause) and a
+    Ray task error's remote exception (`.cause`)."""
+    causes: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is c for c in causes):
+            continue
+        causes.append(e)
+        todo += [e.__cause__, getattr(e, "cause", None) if isinstance(getattr(e, "cause", None), BaseException)
+                 else None]
+    return causes
 
 
 def _dead_actor(error: BaseException) -> tuple[str, str] | None:

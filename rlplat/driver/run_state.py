@@ -251,6 +251,24 @@ def resume_hint(cfg: RunConfig) -> str:
     return f"resume from {latest} with `rlplat train SPEC --resume`" if latest else "no checkpoint was written yet"
 
 
+def out_of_memory_advice(cfg: RunConfig) -> str:
+    """What to change when the learner ran out of GPU memory, with the spec's current values."""
+    learner, rollout = cfg.learner, cfg.rollout
+    steps = [f"lower learner.micro_batch_size_in_tokens (now {learner.micro_batch_size_in_tokens})"]
+    if not learner.activation_checkpointing:
+        steps.append("set learner.activation_checkpointing: true")
+    if cfg.placement.colocate:
+        steps.append(f"give the engine less of the GPU: rollout.gpu_memory_utilization (now "
+                     f"{rollout.gpu_memory_utilization})" + ("" if rollout.sleep_level else
+                                                              ", or let it sleep while the learner trains: "
+                                                              "rollout.sleep_level: 1"))
+    if learner.sharded and not learner.fsdp_cpu_offload:
+        steps.append("or keep the FSDP shards in CPU memory: learner.fsdp_cpu_offload: true")
+    elif not learner.sharded:
+        steps.append("or shard the learner over more GPUs: learner.num_ranks")
+    return "; ".join(steps)
+
+
 def save_unscored(output_dir: Path, step: int, groups: list[Group]) -> Path:
     """A step's generated groups as JSON (the checkpoint's record format) when scoring them failed, so no
     generated work is lost; `rlplat.checkpoint.from_json` reads them back."""

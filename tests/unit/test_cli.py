@@ -168,6 +168,34 @@ def test_other_failure_is_one_line_exit_1(monkeypatch, capsys, tiny_model_dir: P
     assert err.startswith("rlplat: error: train step: no answer within 8 s (cluster.call_timeout_s)")
 
 
+def test_learner_out_of_gpu_memory_is_one_line_with_what_to_change(monkeypatch, capsys, tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The learner actor's CUDA OOM reaches the driver as Ray's task error (an instance of both); the line names
+    torch's figures and the spec keys to change, with their values, instead of Ray's traceback."""
+    import torch
+    from ray.exceptions import RayTaskError
+
+    torch_message = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                     "which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.17 GiB in use.")
+
+    def fail(cfg):
+        raise RayTaskError("LearnerActor.train", "Traceback (most recent call last):\n  File learner.py\n",
+                           torch.OutOfMemoryError(torch_message)).as_instanceof_cause()
+
+    _failing_train(monkeypatch, fail)
+    code, err = _run(["train", SMOKE, f"model.path={tiny_model_dir}", f"experiment.output_dir={tmp_path}",
+                      "learner.micro_batch_size_in_tokens=16384", "placement.colocate=true",
+                      "rollout.gpu_memory_utilization=0.35"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("rlplat: error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                          "has a total capacity of 79.19 GiB of which 1.02 GiB is free.): lower "
+                          "learner.micro_batch_size_in_tokens (now 16384); set learner.activation_checkpointing: "
+                          "true; give the engine less of the GPU: rollout.gpu_memory_utilization (now 0.35), or let "
+                          "it sleep while the learner trains: rollout.sleep_level: 1; or shard the learner over more "
+                          "GPUs: learner.num_ranks; no checkpoint was written yet (traceback: "), err
+    assert "Traceback" not in err
+
+
 def test_learner_dying_in_checkpoint_save_names_the_checkpoint_to_resume_from(ray_session, monkeypatch, capsys,
                                                                              tiny_model_dir: Path,
                                                                              tmp_path: Path) -> None:

@@ -1,5 +1,10 @@
 """MLflow tracking for one run. Only the driver logs (MlflowClient with an explicit run id); actors return dicts.
 
+Metric rows are written by one background thread, in order, so the loop goes on to the next rollout instead of
+waiting for the store; each row's timestamp is the moment it was logged. `Tracker.flush()` waits until every row
+logged so far is written: the driver calls it before a checkpoint is saved (a resume keeps exactly the rows logged
+before its checkpoint), and `finish()` does. Everything else (tags, tables, artifacts) is written at once.
+
 Default store: a local SQLite file `<output_dir>/mlflow.db` (single writer: the driver). Open the UI with
 `mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db --host 127.0.0.1`.
 """
@@ -7,6 +12,8 @@ Default store: a local SQLite file `<output_dir>/mlflow.db` (single writer: the 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,51 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 # resumed step, holds the checkpoint step it continued from.
 RESUMED_TAG, RESUMED_METRIC = "rlplat.resumed_from_steps", "resume/from_step"
 log = logging.getLogger("rlplat")
+
+
+class MetricWriter:
+    """Writes metric batches to run `run_id` from one background thread, in the order they were put. A write that
+    fails is raised, once, by the next `put` or `flush`."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._queue: queue.Queue[list | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rlplat-metric-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, metrics: list) -> None:
+        self._raise_error()
+        self._queue.put(metrics)
+
+    def flush(self) -> None:
+        """Wait until everything put so far is written."""
+        self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                if self._error is None:  # after a failure nothing more is written: the run is failing anyway
+                    for i in range(0, len(batch), 500):
+                        self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+            except Exception as e:  # kept for the driver's thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"MLflow: writing metrics to {self.run_id} failed: {error}") from error
 
 
 class Tracker:
@@ -54,6 +106,7 @@ class Tracker:
             self.status_before_resume = self.client.get_run(run_id).info.status
             self.client.update_run(run_id, status="RUNNING")
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._writer = MetricWriter(self.client, self.run_id)
         self._system = None
         if cfg.tracking.system_metrics_interval_s > 0:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -87,11 +140,13 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for k, v in metrics.items():
             self.history.setdefault(k, []).append((step, float(v)))
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        self._writer.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is in the store."""
+        self._writer.flush()
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -148,6 +203,10 @@ class Tracker:
         failed attempt), so a finished result is never marked failed after the fact."""
         if self._system is not None:
             self._system.finish()
+        try:
+            self._writer.close()
+        except RuntimeError as e:  # the run still ends, with the status it has
+            log.warning("%s", e)
         if status == "FAILED" and self.status_before_resume == "FINISHED":
             self.set_tag("rlplat.failed_resume", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             status = "FINISHED"

@@ -107,6 +107,7 @@ def train(cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> rs.
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < last:  # the last: finish_run
                 log_eval(cfg, tracker, step, evaluate_policy(cfg, workers, env, inputs), inputs)
             if every and (step % every == 0 or step == last):
+                tracker.flush()  # the rows of the steps a checkpoint covers are in the store before it exists
                 try:
                     rs.save_checkpoint(cfg, step, version, tracker.run_id, workers, cursor, rollout, producer, replay,
                                        probe)

@@ -128,6 +128,7 @@ def train_sft(cfg: RunConfig, *, resume: bool = False, inputs: SftInputs | None 
                 report(_progress_line(step, inputs.num_steps, metrics))
             every = cfg.checkpoint.every_steps
             if every and (step % every == 0 or step == inputs.num_steps):
+                tracker.flush()
                 _checkpoint(cfg, step, learner, cursor, tracker.run_id)
         out = save_model(cfg, learner)
         tracker.set_tag("rlplat.final_model_dir", str(out.resolve()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from rlplat.config import load_config
@@ -91,6 +92,8 @@ def test_rewind_leaves_other_runs_alone(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         other.log_metrics(step, {"loss/policy": float(step)})
         mine.log_metrics(step, {"loss/policy": float(step)})
+    other.flush()
+    mine.flush()
     assert delete_metrics_after(mine.uri, mine.run_id, 1) == 2
     client = MlflowClient(mine.uri)
     assert _history(client, other.run_id, "loss/policy") == [(1, 1.0), (2, 2.0), (3, 3.0)]
@@ -120,3 +123,34 @@ def test_rewind_also_drops_what_was_logged_at_the_checkpoint_step_after_it_was_w
     client = MlflowClient(first.uri)
     assert _history(client, first.run_id, "eval/exact_match") == [(2, 0.5)]
     assert _history(client, first.run_id, "loss/policy") == [(2, 2.0)]
+
+
+def test_metrics_are_written_in_order_by_the_writer_and_all_there_after_flush(tmp_path: Path) -> None:
+    """log_metrics hands rows to the background writer; after flush() every row of every step is in the store,
+    with the timestamp of the moment it was logged."""
+    tracker = Tracker(_cfg(tmp_path))
+    logged_at = []
+    for step in range(1, 41):
+        logged_at.append(int(time.time() * 1000))
+        tracker.log_metrics(step, {"loss/policy": float(step), "rollout/reward_mean": step / 100})
+    tracker.flush()
+    client = MlflowClient(tracker.uri)
+    assert _history(client, tracker.run_id, "loss/policy") == [(s, float(s)) for s in range(1, 41)]
+    stamps = [m.timestamp for m in sorted(client.get_metric_history(tracker.run_id, "loss/policy"),
+                                          key=lambda m: m.step)]
+    assert all(a <= t <= a + 1000 for a, t in zip(logged_at, stamps, strict=True))
+    tracker.finish()
+
+
+def test_a_failed_metric_write_is_raised_by_the_next_flush(tmp_path: Path, monkeypatch) -> None:
+    tracker = Tracker(_cfg(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracker.client, "log_batch", broken)
+    tracker.log_metrics(1, {"loss/policy": 1.0})
+    with pytest.raises(RuntimeError, match="writing metrics to .* failed: disk full"):
+        tracker.flush()
+    monkeypatch.undo()
+    tracker.finish()

@@ -7,7 +7,7 @@ arguments. Three ways in (`placement.weight_sync`):
     bytes      safetensors bytes through Ray's object store (any device; the CPU default)
     broadcast  a torch process group learner (rank 0) -> every engine worker; the rpc carries only names, dtypes
                and shapes, then each tensor is broadcast into a fresh buffer (NCCL on GPU, gloo on CPU)
-    ipc        CUDA IPC handles of the learner's tensors (pickled), for an engine on the learner's GPU
+    ipc        CUDA IPC handles of the learner's tensors (plain JSON, no pickle), for an engine on the learner's GPU
 
 All three end in vLLM's `reload_weights` with checkpoint-format names, which also fuses q/k/v and gate/up.
 The learner-side halves of broadcast and ipc are the functions below the extension class; serialising, checksums and
@@ -16,8 +16,9 @@ vLLM's fused layout (used by the learner too) are in `rlplat.weights`.
 
 from __future__ import annotations
 
+import base64
 import datetime
-import pickle
+import json
 import socket
 
 import torch
@@ -50,7 +51,7 @@ class WeightSyncExtension:
     def receive_ipc(self, payload: bytes) -> int:
         """Load tensors shared by CUDA IPC (`ipc_payload` on the learner side), opened on this worker's GPU."""
         device = self._model_device().index or 0
-        weights = [(name, open_ipc_handle(handle, device)) for name, handle in pickle.loads(payload)]
+        weights = [(name, open_ipc_handle(handle, device)) for name, handle in json.loads(payload)]
         loaded = self._reload(weights)
         torch.cuda.synchronize()  # done reading the learner's memory before it lets the tensors go
         return loaded
@@ -146,19 +147,61 @@ def tensor_meta(weights: dict[str, torch.Tensor]) -> list[tuple[str, str, list[i
 
 
 def ipc_payload(weights: dict[str, torch.Tensor]) -> bytes:
-    """Pickled CUDA IPC handles of contiguous CUDA tensors; the caller keeps `weights` alive until every receiver
-    is done (the handles point into their memory)."""
+    """CUDA IPC handles of contiguous CUDA tensors as JSON (`encode_ipc_handle`); the caller keeps `weights` alive
+    until every receiver is done (the handles point into their memory)."""
     from torch.multiprocessing.reductions import reduce_tensor
 
     if not all(t.is_cuda and t.is_contiguous() for t in weights.values()):
         raise ValueError("ipc weight sync needs contiguous CUDA tensors")
-    return pickle.dumps([(name, reduce_tensor(t)) for name, t in weights.items()])
+    return json.dumps([(name, encode_ipc_handle(reduce_tensor(t))) for name, t in weights.items()]).encode()
 
 
-def open_ipc_handle(handle: tuple, device_index: int) -> torch.Tensor:
-    """Open one `reduce_tensor` handle on this process's GPU `device_index` (the sender's index may differ when
-    the two processes see the GPU under different CUDA_VISIBLE_DEVICES)."""
+# rebuild_cuda_tensor's arguments, in order; classes and the dtype travel as names from these allow-lists
+IPC_FIELDS = ("tensor_cls", "size", "stride", "offset", "storage_cls", "dtype", "device", "storage_handle",
+              "storage_size_bytes", "storage_offset_bytes", "requires_grad", "ref_counter_handle",
+              "ref_counter_offset", "event_handle", "event_sync_required")
+BYTES_FIELDS = ("storage_handle", "ref_counter_handle", "event_handle")
+
+
+def _ipc_classes() -> dict[str, type]:
+    return {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "TypedStorage": torch.storage.TypedStorage,
+            "UntypedStorage": torch.UntypedStorage}
+
+
+def encode_ipc_handle(handle: tuple) -> dict[str, object]:
+    """`reduce_tensor(t)` -> plain data (names, numbers, base64 strings): the receiver rebuilds the tensor from it
+    without unpickling anything."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
     rebuild, args = handle
-    args = list(args)
-    args[6] = device_index  # rebuild_cuda_tensor's storage_device
-    return rebuild(*args)
+    if rebuild is not rebuild_cuda_tensor or len(args) != len(IPC_FIELDS):
+        raise ValueError(f"not a CUDA tensor's IPC handle: {getattr(rebuild, '__name__', rebuild)}")
+    out = dict(zip(IPC_FIELDS, args, strict=True))
+    out["tensor_cls"], out["storage_cls"] = out["tensor_cls"].__name__, out["storage_cls"].__name__
+    out["dtype"] = str(out["dtype"]).removeprefix("torch.")
+    out["size"], out["stride"] = list(out["size"]), list(out["stride"])
+    for key in BYTES_FIELDS:
+        out[key] = None if out[key] is None else base64.b64encode(out[key]).decode()
+    return out
+
+
+def decode_ipc_handle(handle: dict[str, object], device_index: int) -> tuple:
+    """`encode_ipc_handle`'s data -> rebuild_cuda_tensor's arguments, on this process's GPU `device_index` (the
+    sender's index may differ when the two processes see the GPU under different CUDA_VISIBLE_DEVICES). Only the
+    classes and dtypes above are accepted."""
+    classes, h = _ipc_classes(), dict(handle)
+    dtype = getattr(torch, str(h["dtype"]), None)
+    if h["tensor_cls"] not in classes or h["storage_cls"] not in classes or not isinstance(dtype, torch.dtype):
+        raise ValueError(f"not an IPC handle of a tensor: {h['tensor_cls']}, {h['storage_cls']}, {h['dtype']}")
+    h["tensor_cls"], h["storage_cls"], h["dtype"] = classes[str(h["tensor_cls"])], classes[str(h["storage_cls"])], dtype
+    h["size"], h["stride"], h["device"] = torch.Size(h["size"]), tuple(h["stride"]), device_index
+    for key in BYTES_FIELDS:
+        h[key] = None if h[key] is None else base64.b64decode(str(h[key]))
+    return tuple(h[f] for f in IPC_FIELDS)
+
+
+def open_ipc_handle(handle: dict[str, object], device_index: int) -> torch.Tensor:
+    """Open one `encode_ipc_handle` handle on this process's GPU `device_index`."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    return rebuild_cuda_tensor(*decode_ipc_handle(handle, device_index))

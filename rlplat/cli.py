@@ -453,8 +453,8 @@ def _causes(error: BaseException) -> list[BaseException]:
         if e is None or any(e is c for c in causes):
             continue
         causes.append(e)
-        todo += [e.__cause__, getattr(e, "cause", None) if isinstance(getattr(e, "cause", None), BaseException)
-                 else None]
+        remote = getattr(e, "cause", None)
+        todo += [e.__cause__, remote if isinstance(remote, BaseException) else None]
     return causes
 
 

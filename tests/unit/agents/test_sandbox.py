@@ -4,6 +4,7 @@ limit, leave no process behind (checked in the host's /proc by a token in the co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -107,8 +108,12 @@ def test_large_file_write_fails_at_the_file_size_limit(sb: Sandbox) -> None:
     assert res.exit_code == 1 and "File too large" in res.stderr
 
 
-def test_huge_output_is_truncated_without_blocking(sb: Sandbox) -> None:
-    res = sb.run_sync("import sys\nsys.stdout.write('x' * 100_000_000)\nprint('tail', file=sys.stderr)")  # 100 MB
+def test_huge_output_is_truncated_without_blocking() -> None:
+    # 100 MB still crosses the pipe (read and dropped past the cap): 4 s through `cat` on this box at a slow hour,
+    # so a wall limit of its own; a reader that blocked would still hit it
+    limits = dataclasses.replace(FAST, timeout_s=20.0, cpu_s=10)
+    with Sandbox(max_concurrency=1, limits=limits) as sb:
+        res = sb.run_sync("import sys\nsys.stdout.write('x' * 100_000_000)\nprint('tail', file=sys.stderr)")  # 100 MB
     assert res.ok and res.stdout_truncated and not res.stderr_truncated and res.truncated
     assert res.stdout == "x" * FAST.max_output_bytes and res.stderr == "tail\n"
 

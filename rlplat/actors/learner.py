@@ -49,6 +49,14 @@ class LearnerActor:
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         return self.learner.train_step(batch)
 
+    def release_cached_memory(self) -> None:
+        """Sleep mode: what torch's caching allocator holds but no tensor uses goes back to the GPU, so that the
+        engine, which the learner's step ran beside while it slept, can wake into it."""
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
     def weights_bytes(self) -> bytes:
         return self.learner.weights_bytes()
 

@@ -383,14 +383,19 @@ class Workers:
     def train(self, batch: TrainBatch) -> dict[str, float]:
         """One learner step. FSDP: the batch is split by tokens over the ranks (each gets its part; losses use global
         denominators) and every rank returns the same reduced metrics; rank 0's are kept, with the split's balance.
-        With rollout.sleep_level the engines sleep first (sleep/freed_gib, time/sleep_s) and wake in `sync`."""
+        With rollout.sleep_level the engines sleep first (sleep/freed_gib, time/sleep_s), the learners then return
+        their cached GPU memory, and the engines wake in `sync`."""
         slept = self._on_engines("sleep", self.sleep_level) if self.sleep_level else {}
         if len(self.learners) <= 1:
-            return self.call(self.learner.train_step.remote(batch), "train step") | slept
-        parts, tokens = split_batch(batch, len(self.learners))
-        metrics = self.call([a.train_step.remote(p) for a, p in zip(self.learners, parts, strict=True)],
-                            "train step")[0]
-        return metrics | slept | {"perf/learner_token_imbalance": max(tokens) / max(1.0, sum(tokens) / len(tokens))}
+            metrics = self.call(self.learner.train_step.remote(batch), "train step")
+        else:
+            parts, tokens = split_batch(batch, len(self.learners))
+            metrics = self.call([a.train_step.remote(p) for a, p in zip(self.learners, parts, strict=True)],
+                                "train step")[0]
+            metrics["perf/learner_token_imbalance"] = max(tokens) / max(1.0, sum(tokens) / len(tokens))
+        if self.sleep_level:  # the engines wake into the GPU memory the step's activations left in torch's cache
+            self.call(self._on_learners("release_cached_memory"), "train step")
+        return metrics | slept
 
     def _on_engines(self, method: str, *args: Any) -> dict[str, float]:
         """Sleep mode: `sleep` or `wake_up` on every engine, their metrics merged (rollout/sleep.py)."""

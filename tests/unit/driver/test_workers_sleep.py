@@ -1,5 +1,5 @@
 """The sleep-mode schedule of one step in `Workers` (rollout.sleep_level), on fake actor handles and no Ray:
-generate -> sleep -> train -> wake weights -> sync weights -> wake kv_cache."""
+generate -> sleep -> train -> release the learner's cached memory -> wake weights -> sync weights -> wake kv_cache."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def test_engines_sleep_through_the_train_step_and_wake_around_the_sync(log: list
     metrics = w.train(batch=None)  # type: ignore[arg-type]
     w.sync(1)
     assert log == ["engine0.sleep(2)", "engine1.sleep(2)", "learner.train_step(None)",
+                   "learner.release_cached_memory()",
                    "engine0.wake_up(('weights',))", "engine1.wake_up(('weights',))",
                    "learner.ipc_payload()", "engine0.receive_weights(receive_ipc,1)",
                    "engine1.receive_weights(receive_ipc,1)", "learner.release_ipc()",
@@ -62,5 +63,5 @@ def test_without_sleep_mode_nothing_sleeps_or_wakes(log: list[str]) -> None:
     w = make_workers(log, sleep_level=0, weight_sync="bytes")
     assert w.train(batch=None) == {"loss/policy": 0.5}  # type: ignore[arg-type]
     w.sync(1)
-    assert not [entry for entry in log if "sleep" in entry or "wake" in entry]
+    assert not [entry for entry in log if "sleep" in entry or "wake" in entry or "release_cached" in entry]
     assert w.sync_metrics == {}

@@ -163,9 +163,8 @@ IPC_FIELDS = ("tensor_cls", "size", "stride", "offset", "storage_cls", "dtype", 
 BYTES_FIELDS = ("storage_handle", "ref_counter_handle", "event_handle")
 
 
-def _ipc_classes() -> dict[str, type]:
-    return {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "TypedStorage": torch.storage.TypedStorage,
-            "UntypedStorage": torch.UntypedStorage}
+IPC_CLASSES: dict[str, type] = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter,
+                                "TypedStorage": torch.storage.TypedStorage, "UntypedStorage": torch.UntypedStorage}
 
 
 def encode_ipc_handle(handle: tuple) -> dict[str, object]:
@@ -189,11 +188,12 @@ def decode_ipc_handle(handle: dict[str, object], device_index: int) -> tuple:
     """`encode_ipc_handle`'s data -> rebuild_cuda_tensor's arguments, on this process's GPU `device_index` (the
     sender's index may differ when the two processes see the GPU under different CUDA_VISIBLE_DEVICES). Only the
     classes and dtypes above are accepted."""
-    classes, h = _ipc_classes(), dict(handle)
+    h = dict(handle)
     dtype = getattr(torch, str(h["dtype"]), None)
-    if h["tensor_cls"] not in classes or h["storage_cls"] not in classes or not isinstance(dtype, torch.dtype):
+    if h["tensor_cls"] not in IPC_CLASSES or h["storage_cls"] not in IPC_CLASSES or not isinstance(dtype, torch.dtype):
         raise ValueError(f"not an IPC handle of a tensor: {h['tensor_cls']}, {h['storage_cls']}, {h['dtype']}")
-    h["tensor_cls"], h["storage_cls"], h["dtype"] = classes[str(h["tensor_cls"])], classes[str(h["storage_cls"])], dtype
+    h["tensor_cls"], h["storage_cls"] = IPC_CLASSES[str(h["tensor_cls"])], IPC_CLASSES[str(h["storage_cls"])]
+    h["dtype"] = dtype
     h["size"], h["stride"], h["device"] = torch.Size(h["size"]), tuple(h["stride"]), device_index
     for key in BYTES_FIELDS:
         h[key] = None if h[key] is None else base64.b64decode(str(h[key]))
